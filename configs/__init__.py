@@ -1,0 +1,1 @@
+"""Experiment configs: one module per method, `get_config(variant)` with named variants."""

@@ -1,0 +1,86 @@
+"""Pieces shared by every method's config: variant parsing, defaults, mesh presets, smoke shrinker."""
+
+from collections.abc import Callable, Mapping
+
+from ml_collections import ConfigDict
+
+from deepgen.core.errors import ConfigError
+
+MESH_PRESETS = {
+    "data_parallel": {"data": -1, "fsdp": 1},
+    "fsdp": {"data": 1, "fsdp": -1},
+}
+
+
+def select_variant(
+    arg: str | None, variants: Mapping[str, Callable[[], ConfigDict]], *, config_file: str
+) -> ConfigDict:
+    """Build the named variant, or fail with one line that lists the allowed names."""
+    if not arg:
+        raise ConfigError(
+            f"{config_file} needs a variant: --config={config_file}:VARIANT with VARIANT one of "
+            f"{sorted(variants)}"
+        )
+    if arg not in variants:
+        raise ConfigError(
+            f"unknown variant {arg!r} in {config_file}; allowed variants: {sorted(variants)}"
+        )
+    config = variants[arg]()
+    config.variant = arg
+    return config
+
+
+def base_config(method: str) -> ConfigDict:
+    """Fields every experiment has; methods add their own sections."""
+    config = ConfigDict()
+    config.method = method
+    config.variant = ""
+    config.seed = 0
+
+    config.data = ConfigDict()
+    config.data.name = ""
+    config.data.dir = ""
+    config.data.source = "auto"
+
+    config.train = ConfigDict()
+    config.train.num_steps = 1000
+    config.train.batch_size = 64
+    config.train.log_every = 50
+    config.train.eval_every = 0
+
+    config.opt = ConfigDict()
+    config.opt.name = "adamw"
+    config.opt.lr = 1e-4
+    config.opt.schedule = "constant"
+    config.opt.warmup_steps = 0
+    config.opt.b1 = 0.9
+    config.opt.b2 = 0.999
+    config.opt.eps = 1e-8
+    config.opt.weight_decay = 0.01
+    config.opt.clip_norm = 0.0
+
+    config.ema = ConfigDict()
+    config.ema.decay = 0.9999
+    config.ema.warmup = False
+
+    config.mesh = ConfigDict(dict(MESH_PRESETS["data_parallel"]))
+    config.fsdp_min_size = 2**14
+
+    config.ckpt = ConfigDict()
+    config.ckpt.every = 1000
+    config.ckpt.keep = 3
+    config.ckpt.async_save = True
+    config.ckpt.signal_sync_every = 10
+    return config
+
+
+def shrink_for_smoke(config: ConfigDict) -> ConfigDict:
+    """Make any variant tiny: a few steps, small batches, frequent logs and checkpoints."""
+    config.train.num_steps = 20
+    config.train.batch_size = 16
+    config.train.log_every = 5
+    config.train.eval_every = 0
+    config.ckpt.every = 10
+    config.ckpt.keep = 2
+    config.ema.warmup = True
+    return config

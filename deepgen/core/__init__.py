@@ -1,0 +1,1 @@
+"""Shared infrastructure: mesh and sharding, train loop, checkpoints, metrics, optimisers."""

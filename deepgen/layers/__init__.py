@@ -1,0 +1,1 @@
+"""Reusable pure building blocks shared by two or more methods."""

@@ -1,0 +1,1 @@
+"""Experiment entry point and per-method training code."""

@@ -1,0 +1,1 @@
+"""Bayesian Flow Networks experiments."""
