@@ -64,47 +64,52 @@ def _torch_param_count(
     return n + lin(2 * mc, out)  # output adapter on [projected input, U-Net output]
 
 
-def _inputs(key: jax.Array, batch: int = 2, size: int = 28) -> tuple[jax.Array, jax.Array]:
-    """Random BFN-style inputs [2p-1, 2t-1] and times."""
-    kp, kt = jax.random.split(key)
-    p = jax.random.uniform(kp, (batch, size, size, 1))
-    t_B = jax.random.uniform(kt, (batch,))
-    tt = jnp.broadcast_to(t_B[:, None, None, None], p.shape)
-    return jnp.concatenate([2 * p - 1, 2 * tt - 1], axis=-1), t_B
+def _inputs(seed: int, batch: int = 2, size: int = 28) -> tuple[jax.Array, jax.Array]:
+    """Random BFN-style inputs [2p-1, 2t-1] and times (numpy, so nothing is compiled)."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(size=(batch, size, size, 1)).astype(np.float32)
+    t_B = rng.uniform(size=(batch,)).astype(np.float32)
+    tt = np.broadcast_to(t_B[:, None, None, None], p.shape)
+    return jnp.asarray(np.concatenate([2 * p - 1, 2 * tt - 1], axis=-1)), jnp.asarray(t_B)
 
 
-def _perturb(params: dict, key: jax.Array, scale: float = 0.05) -> dict:
+def _perturb(params: dict, seed: int, scale: float = 0.05) -> dict:
     """Add Gaussian noise to every parameter, so zero-initialised layers become active."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    return jax.tree_util.tree_unflatten(treedef, noisy)
+    rng = np.random.default_rng(seed)
+    noisy = lambda p: jnp.asarray(p + scale * rng.standard_normal(p.shape).astype(np.float32))
+    return jax.tree_util.tree_map(noisy, jax.device_get(params))
+
+
+def _compile(fn, *example_args):
+    """jit-compile fn for these argument shapes, skipping LLVM optimisation (halves compile time)."""
+    lowered = jax.jit(fn).lower(*example_args)
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.fixture(scope="module")
 def small() -> tuple[UNet, dict, dict, jax.Array, jax.Array]:
     """Small model, its init params, perturbed params and a batch of inputs."""
     model = UNet(**SMALL)
-    x, t_B = _inputs(jax.random.key(1))
-    # Param shapes do not depend on the image size: init on 8x8 with the cheap-to-compile rbg PRNG.
-    init = jax.jit(model.init, static_argnames="train")
-    params = init(jax.random.key(0, impl="rbg"), x[:1, :8, :8], t_B[:1], train=False)["params"]
-    return model, params, jax.jit(_perturb)(params, jax.random.key(2)), x, t_B
+    x, t_B = _inputs(1)
+    # Param shapes do not depend on the image size: init on 8x8.
+    init = lambda key, x, t: model.init(key, x, t, train=False)["params"]
+    args = (jax.random.key(0), x[:1, :8, :8], t_B[:1])
+    params = _compile(init, *args)(*args)
+    return model, params, _perturb(params, 2), x, t_B
 
 
 @pytest.fixture(scope="module")
 def apply_eval(small):
-    """Jitted eval-mode apply of the small model; takes a dropout rng that must be ignored."""
-    model = small[0]
-    return jax.jit(
-        lambda p, x, t, rng: model.apply({"params": p}, x, t, train=False, rngs={"dropout": rng})
-    )
+    """Compiled eval-mode apply of the small model; takes a dropout rng that must be ignored."""
+    model, params, _, x, t_B = small
+    fn = lambda p, x, t, rng: model.apply({"params": p}, x, t, train=False, rngs={"dropout": rng})
+    return _compile(fn, params, x, t_B, jax.random.key(0))
 
 
 @pytest.fixture(scope="module")
 def train_step(small):
-    """Jitted value-and-grad of a Bernoulli loss in train mode; aux is the logits."""
-    model, _, _, x, t_B = small
+    """Compiled value-and-grad of a Bernoulli loss in train mode; aux is the logits."""
+    model, params, _, x, t_B = small
     target = (x[..., :1] > 0).astype(jnp.float32)
 
     def loss(p, rng):
@@ -112,7 +117,7 @@ def train_step(small):
         logits = model.apply({"params": p}, x, t_B, train=True, rngs={"dropout": rng})
         return jnp.mean(jnp.logaddexp(0.0, logits) - target * logits), logits
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
+    return _compile(jax.value_and_grad(loss, has_aux=True), params, jax.random.key(0))
 
 
 def test_paper_scale_param_count():
@@ -182,7 +187,7 @@ def test_bf16_close_to_fp32(small, apply_eval):
     _, _, pparams, x, t_B = small
     ref = apply_eval(pparams, x, t_B, jax.random.key(0))
     model16 = UNet(**SMALL, dtype=jnp.bfloat16)
-    out = jax.jit(lambda p: model16.apply({"params": p}, x, t_B, train=False))(pparams)
+    out = _compile(lambda p: model16.apply({"params": p}, x, t_B, train=False), pparams)(pparams)
     assert out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out)))
     rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
@@ -194,10 +199,9 @@ def test_jit_grad(small, train_step):
     _, params, pparams, _, _ = small
     (value, _), grads = train_step(pparams, jax.random.key(3))
     assert bool(jnp.isfinite(value))
-    leaves = jax.tree_util.tree_leaves_with_path(grads)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for _, g in leaves)
-    unused = [jax.tree_util.keystr(k) for k, g in leaves if not bool(jnp.any(g != 0))]
-    assert not unused
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(grads))
+    assert all(np.all(np.isfinite(g)) for _, g in leaves)
+    assert not [jax.tree_util.keystr(k) for k, g in leaves if not np.any(g != 0)]
     _, grads0 = train_step(params, jax.random.key(3))
     assert float(jnp.abs(grads0["out_conv"]["kernel"]).max()) > 0
     # ... while the zero head blocks all gradient into the torso (improved-diffusion's design).
@@ -208,7 +212,7 @@ def test_jit_grad(small, train_step):
 def test_other_sizes(size):
     """8x8 and 32x32 inputs go through the three-level U-Net (shapes only, via eval_shape)."""
     model = UNet(model_channels=8, num_groups=4, num_res_blocks=1, out_channels=3)
-    x, t_B = _inputs(jax.random.key(0), batch=1, size=size)
+    x, t_B = _inputs(0, batch=1, size=size)
     out, _ = jax.eval_shape(lambda: model.init_with_output(jax.random.key(1), x, t_B, train=False))
     assert out.shape == (1, size, size, 3)
     assert out.dtype == jnp.float32
@@ -216,14 +220,14 @@ def test_other_sizes(size):
 
 def test_config_errors():
     """Indivisible image sizes and GroupNorm channel counts are reported as ConfigError."""
-    x, t_B = _inputs(jax.random.key(0), batch=1, size=10)
+    x, t_B = _inputs(0, batch=1, size=10)
     with pytest.raises(ConfigError, match="divisible by 4"):
         jax.eval_shape(
             lambda: UNet(model_channels=8, num_groups=4).init(
                 jax.random.key(0), x, t_B, train=False
             )
         )
-    x, t_B = _inputs(jax.random.key(0), batch=1, size=8)
+    x, t_B = _inputs(0, batch=1, size=8)
     with pytest.raises(ConfigError, match="GroupNorm"):
         jax.eval_shape(
             lambda: UNet(model_channels=12, num_groups=8).init(

@@ -1,0 +1,118 @@
+"""Train-step throughput of BFN on MNIST: steps/s, images/s and peak memory on this backend.
+
+    python benchmarks/bfn_throughput.py --variant=mnist --batch_size=512 --dtype=bfloat16 --record
+
+Times the same jitted, sharded, state-donating step that `experiments.main` runs, on random
+binary images (the input pipeline is not timed). --record appends a row to benchmarks/RESULTS.md.
+"""
+
+import argparse
+import datetime
+import platform
+import resource
+import socket
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import bfn as bfn_configs  # noqa: E402
+from deepgen.bfn.model import count_params  # noqa: E402
+from deepgen.core import mesh as mesh_lib  # noqa: E402
+from experiments.bfn.train import Experiment  # noqa: E402
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    """Peak device memory where the backend reports it, else the process's peak RSS."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host peak RSS"
+
+
+def main() -> None:
+    """Parse flags, time the train step, print a table row, optionally record it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="mnist_cpu", choices=sorted(bfn_configs.VARIANTS))
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
+    parser.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], help="config override a.b=value")
+    parser.add_argument("--record", action="store_true", help="append a row to RESULTS.md")
+    args = parser.parse_args()
+
+    config = bfn_configs.get_config(args.variant)
+    if args.batch_size:
+        config.train.batch_size = args.batch_size
+    if args.dtype:
+        config.model.dtype = args.dtype
+    for item in args.set:
+        key, value = item.split("=", 1)
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = type(node[leaf])(eval(value) if not isinstance(node[leaf], str) else value)
+
+    experiment = Experiment(config, (28, 28))
+    mesh = experiment.mesh
+    abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
+    shardings = mesh_lib.state_shardings(abstract, mesh)
+    state = jax.jit(experiment.init_state, out_shardings=shardings)(jax.random.key(0))
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    step_fn = jax.jit(
+        experiment.train_step,
+        in_shardings=(shardings, batch_sharding, mesh_lib.replicated(mesh)),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    batch_size = int(config.train.batch_size)
+    images = np.random.default_rng(0).integers(0, 2, (batch_size, 28, 28), dtype=np.int32)
+    batch = jax.device_put({"image": jnp.asarray(images)}, batch_sharding)
+    rng = jax.random.key(1)
+
+    started = time.perf_counter()
+    state, metrics = step_fn(state, batch, rng)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - started
+    for _ in range(args.warmup):
+        state, metrics = step_fn(state, batch, rng)
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = step_fn(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    seconds = time.perf_counter() - started
+    steps_per_s = args.steps / seconds
+    peak, peak_kind = peak_memory_bytes()
+
+    device = jax.devices()[0]
+    machine = f"{device.device_kind} x{jax.device_count()} ({jax.default_backend()}), {platform.processor() or platform.machine()}"
+    params = count_params(abstract.params)
+    row = (
+        f"| {datetime.date.today()} | {socket.gethostname()} | {machine} | jax {jax.__version__} | "
+        f"{args.variant} | {params / 1e6:.2f}M | {batch_size} | {config.model.dtype} | "
+        f"{steps_per_s:.2f} | {steps_per_s * batch_size:,.0f} | {peak / 2**30:.2f} GiB ({peak_kind}) | "
+        f"{compile_s:.1f} s | `python benchmarks/bfn_throughput.py {' '.join(sys.argv[1:])}` |"
+    )
+    print(
+        f"variant={args.variant} params={params:,} batch={batch_size} dtype={config.model.dtype} "
+        f"steps/s={steps_per_s:.2f} images/s={steps_per_s * batch_size:,.0f} "
+        f"peak={peak / 2**30:.2f} GiB ({peak_kind}) compile={compile_s:.1f}s "
+        f"loss={float(metrics['loss']):.4f}"
+    )
+    if args.record:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write(row.replace("--record", "").replace("  ", " ") + "\n")
+        print(f"recorded in {ROOT / 'benchmarks' / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Test set-up: 8 fake CPU devices, set before JAX starts, and shared helpers."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["JAX_NUM_CPU_DEVICES"] = "8"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def train_losses(workdir: Path) -> dict[int, float]:
+    """step -> logged train loss."""
+    return {
+        r["step"]: r["loss"]
+        for r in read_jsonl(Path(workdir) / "metrics.jsonl")
+        if r["split"] == "train" and "loss" in r
+    }
+
+
+def run_cli(
+    args: list[str], *, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -m experiments.main ARGS` in a fresh process from the repository root."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.main", *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch):
+    """Config paths like configs/bfn.py are relative to the repository root."""
+    monkeypatch.chdir(REPO_ROOT)
