@@ -175,7 +175,7 @@ def train_step(
     return new_state, {
         "loss": loss,
         "loss_nats_per_image": loss * num_pixels,
-        "grad_norm": optax.tree_utils.tree_l2_norm(grads),
+        "grad_norm": optax.tree_utils.tree_norm(grads),
     }
 
 

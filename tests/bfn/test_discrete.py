@@ -126,7 +126,7 @@ def test_discrete_time_loss_approaches_continuous_time_loss():
     for n in (5, 50, 500):
         i = jnp.arange(1, n + 1, dtype=jnp.float32)
         per_i = jax.vmap(
-            lambda i_: discrete.discrete_time_loss(
+            lambda i_, n=n: discrete.discrete_time_loss(
                 x,
                 jnp.log(probs),
                 i_,

@@ -1,0 +1,116 @@
+"""The shared train loop on a tiny regression: non-finite stop, retrace guard, resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import common
+from deepgen.core import checkpoint, train_loop
+from deepgen.core import mesh as mesh_lib
+from deepgen.core.metrics import read_metrics
+from deepgen.core.train_state import TrainState
+
+OPT = optax.sgd(0.1)
+
+
+def init_state(rng):
+    params = {"w": jax.random.normal(rng, (4,))}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=OPT.init(params)
+    )
+
+
+def make_train_step(nan_at_step: int | None = None):
+    def train_step(state, batch, rng):
+        def loss_fn(params):
+            return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        if nan_at_step is not None:
+            loss = jnp.where(state.step + 1 == nan_at_step, jnp.nan, loss)
+        updates, opt_state = OPT.update(grads, state.opt_state)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(
+            step=state.step + 1, params=params, ema_params=params, opt_state=opt_state
+        )
+        return new, {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
+
+    return train_step
+
+
+class Batches:
+    """Resumable synthetic regression batches; `odd_shape_at` changes the batch shape once."""
+
+    def __init__(self, odd_shape_at: int | None = None):
+        self.position, self.odd_shape_at = 0, odd_shape_at
+
+    def __next__(self):
+        rng = np.random.default_rng(self.position)
+        self.position += 1
+        rows = 16 if self.position == self.odd_shape_at else 8
+        x = rng.normal(size=(rows, 4)).astype(np.float32)
+        return {"x": x, "y": x @ np.arange(4, dtype=np.float32)}
+
+    def __iter__(self):
+        return self
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+def config(num_steps=6):
+    c = common.base_config("test")
+    c.train.num_steps, c.train.batch_size, c.train.log_every = num_steps, 8, 1
+    c.ckpt.every, c.ckpt.keep, c.ckpt.async_save = 2, 5, False
+    return c
+
+
+def train(workdir, *, steps=6, nan_at_step=None, odd_shape_at=None):
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1})
+    return train_loop.train(
+        config(steps),
+        str(workdir),
+        init_state=init_state,
+        train_step=make_train_step(nan_at_step),
+        batches=Batches(odd_shape_at),
+        mesh=mesh,
+    )
+
+
+def test_training_converges_and_logs_every_step(tmp_path):
+    state = train(tmp_path, steps=40)
+    np.testing.assert_allclose(jax.device_get(state.params["w"]), np.arange(4), atol=0.05)
+    steps = [r["step"] for r in read_metrics(str(tmp_path)) if r["split"] == "train"]
+    assert steps == list(range(1, 41))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(train_loop.NonFiniteLossError, match=r"loss is nan at step 5.*step 4.*kept"):
+        train(tmp_path, nan_at_step=5)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=5, save_every=2)
+    assert ckpt.all_steps() == [2, 4]
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1})
+    restored, data_state = ckpt.restore(
+        None, checkpoint.abstract_with_shardings(abstract, mesh_lib.state_shardings(abstract, mesh))
+    )
+    ckpt.close()
+    assert int(restored.step) == 4 and data_state == {"position": 4}
+    assert np.all(np.isfinite(jax.device_get(restored.params["w"])))
+
+
+def test_a_changed_batch_shape_trips_the_retrace_guard(tmp_path):
+    with pytest.raises(RuntimeError, match="traced 2 times"):
+        train(tmp_path, odd_shape_at=3)
+
+
+def test_resume_continues_from_the_checkpoint_and_its_data_position(tmp_path):
+    reference = jax.device_get(train(tmp_path / "a", steps=6).params["w"])
+    train(tmp_path / "b", steps=4)
+    resumed = jax.device_get(train(tmp_path / "b", steps=6).params["w"])
+    np.testing.assert_array_equal(resumed, reference)
