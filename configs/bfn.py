@@ -67,16 +67,16 @@ def _mnist() -> ConfigDict:
 
 def _mnist_cpu() -> ConfigDict:
     config = _mnist()
-    config.model.model_channels = 32
+    config.model.model_channels = 16
     config.model.channel_mult = (1, 2, 2)
     config.model.num_res_blocks = 1
     config.model.attention_resolutions = ()
     config.model.num_heads = 1
     config.model.dropout = 0.0
     config.model.num_groups = 8
-    config.train.num_steps = 3000
+    config.train.num_steps = 1200
     config.train.batch_size = 64
-    config.train.log_every = 100
+    config.train.log_every = 25
     config.train.eval_every = 0
     config.opt.lr = 1e-3
     config.opt.schedule = "warmup_cosine"
@@ -84,7 +84,7 @@ def _mnist_cpu() -> ConfigDict:
     config.opt.b2 = 0.99
     config.ema.decay = 0.999
     config.ema.warmup = True
-    config.ckpt.every = 1000
+    config.ckpt.every = 400
     config.eval.n_steps = (0, 10, 25, 50, 100)
     config.eval.repeats = 5
     config.eval.batch_size = 250
