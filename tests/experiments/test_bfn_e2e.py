@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO_ROOT, SHARED_MNIST, read_jsonl, run_cli, train_losses
 
 from configs import bfn as bfn_configs
+from deepgen.core import mesh as mesh_lib
 from experiments import main as entry
 from experiments.bfn.train import Experiment
 
@@ -222,3 +223,21 @@ def test_eval_uses_the_real_test_set_when_data_dir_has_it(reference_run, tmp_pat
     report = json.loads((reference_run / "eval.json").read_text())
     assert report["num_images"] == 10000 and report["split"] == "test"
     assert "t10k" in report["data_source"]
+
+
+def test_fsdp_gives_the_same_losses_as_data_parallel(reference_run, tmp_path):
+    workdir = tmp_path / "fsdp"
+    fsdp = ["--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.fsdp_min_size=64"]
+    assert entry.run(["main", *train_args(workdir), *fsdp]) == 0
+    experiment = Experiment(bfn_configs.get_config("smoke"), (28, 28))
+    abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
+    mesh = mesh_lib.make_mesh({"data": 1, "fsdp": -1})
+    specs = [
+        s.spec for s in jax.tree.leaves(mesh_lib.state_shardings(abstract, mesh, fsdp_min_size=64))
+    ]
+    assert any("fsdp" in spec for spec in specs)  # parameters and Adam moments really are split
+    ours, reference = train_losses(workdir), train_losses(reference_run)
+    assert sorted(ours) == sorted(reference)
+    np.testing.assert_allclose(
+        [ours[s] for s in sorted(ours)], [reference[s] for s in sorted(reference)], rtol=1e-4
+    )
