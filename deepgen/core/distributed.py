@@ -4,6 +4,7 @@
 On CPU it uses gloo collectives, which lets tests run several processes on one machine.
 """
 
+import contextlib
 import os
 
 import jax
@@ -27,8 +28,10 @@ def initialize(
     process_id: int | None = None,
 ) -> None:
     """Start jax.distributed; arguments left None are auto-detected (TPU pods, SLURM, ...)."""
-    # Only the CPU backend reads this; it lets several CPU processes run collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Only the CPU backend reads this; it lets several CPU processes run collectives. Newer JAX
+    # releases may default to gloo or rename the option, so its absence is not an error.
+    with contextlib.suppress(AttributeError, ValueError):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,

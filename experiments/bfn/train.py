@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from deepgen.bfn import discrete, sampler
@@ -368,7 +369,7 @@ class Experiment:
 
         samples, probs = jax.jit(run, out_shardings=(batch_sharding, batch_sharding))(rng)
         gather = (  # multi-host: every process gets all samples
-            jax.experimental.multihost_utils.process_allgather
+            multihost_utils.process_allgather
             if jax.process_count() > 1
             else (lambda x, tiled=True: x)
         )

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO_ROOT, SHARED_MNIST, read_jsonl, run_cli, train_losses
 
 from configs import bfn as bfn_configs
+from deepgen.core import checkpoint
 from deepgen.core import mesh as mesh_lib
 from experiments import main as entry
 from experiments.bfn.train import Experiment
@@ -40,9 +41,18 @@ def train_args(workdir: Path, num_steps: int = NUM_STEPS, *extra: str) -> list[s
     ]
 
 
-def restore_params(workdir: Path):
-    config = bfn_configs.get_config("smoke")
-    return jax.device_get(Experiment(config, (28, 28)).restore(str(workdir)).params)
+def restore_params(workdir: Path, step: int | None = None):
+    experiment = Experiment(bfn_configs.get_config("smoke"), (28, 28))
+    if step is None:
+        return jax.device_get(experiment.restore(str(workdir)).params)
+    abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
+    target = checkpoint.abstract_with_shardings(
+        abstract, mesh_lib.state_shardings(abstract, experiment.mesh)
+    )
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=3, save_every=6)
+    state, _ = ckpt.restore(step, target)
+    ckpt.close()
+    return jax.device_get(state.params)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +65,15 @@ def reference_run(tmp_path_factory) -> Path:
 
 def test_train_eval_sample_write_every_output_and_the_loss_goes_down(tmp_path):
     workdir = tmp_path / "run"
-    assert entry.run(["main", SMOKE, f"--workdir={workdir}", "--config.train.num_steps=40"]) == 0
+    args = ["--config.train.num_steps=40", "--config.train.eval_every=20"]
+    assert entry.run(["main", SMOKE, f"--workdir={workdir}", *args]) == 0
     records = read_jsonl(workdir / "metrics.jsonl")
     losses = [r["loss"] for r in records if r["split"] == "train" and "loss" in r]
     assert len(losses) == 8 and losses[-1] < 0.7 * losses[0]
     assert any(r["split"] == "timing" and r["compile_seconds"] > 0 for r in records)
+    validation = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in validation] == [20, 40]
+    assert all(0 < r["nll_nats_per_image"] < 5000 for r in validation)
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["num_steps"] == 40 and config["variant"] == "smoke"
     assert list((workdir / "tensorboard" / "train").glob("events.out.tfevents.*"))
@@ -87,6 +101,14 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(reference_run,
     assert entry.run(["main", *train_args(workdir, NUM_STEPS)]) == 0
     ours, reference = restore_params(workdir), restore_params(reference_run)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The reference saved step 6 asynchronously and then kept training on donated buffers:
+    # its step-6 checkpoint must still equal the resumed run's.
+    for a, b in zip(
+        jax.tree.leaves(restore_params(workdir, step=NUM_STEPS // 2)),
+        jax.tree.leaves(restore_params(reference_run, step=NUM_STEPS // 2)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     assert train_losses(workdir) == train_losses(reference_run)
 
