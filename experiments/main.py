@@ -152,7 +152,14 @@ def main() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    sys.exit(run(sys.argv))
+    status = run(sys.argv)
+    if status == UserError.exit_status:
+        # Skip interpreter teardown: background threads of a failed checkpoint restore would
+        # otherwise print tracebacks after the one-line error.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

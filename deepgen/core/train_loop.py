@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from deepgen.core import checkpoint, distributed
 from deepgen.core import mesh as mesh_lib
+from deepgen.core.errors import UserError
 from deepgen.core.metrics import MetricWriter, Progress
 from deepgen.core.train_state import TrainState
 
@@ -91,9 +92,19 @@ def build_state(
         save_every=config.ckpt.every,
         async_save=config.ckpt.get("async_save", True),
     )
-    if checkpointer.latest_step() is not None:
+    latest = checkpointer.latest_step()
+    if latest is not None:
         target = checkpoint.abstract_with_shardings(abstract, shardings)
-        state, data_state = checkpointer.restore(None, target)
+        try:
+            state, data_state = checkpointer.restore(None, target)
+        except (ValueError, KeyError, TypeError) as error:
+            checkpointer.close()
+            reason = " ".join(str(error).split())[:200]
+            raise UserError(
+                f"the checkpoint at step {latest} in {checkpointer.directory} does not fit this "
+                f"config's model or optimiser ({reason}); use a new --workdir or the config it "
+                "was trained with (saved in config.json)"
+            ) from error
         log.info("restored %s at step %d", checkpointer.directory, int(state.step))
         return state, shardings, checkpointer, data_state
     state = jax.jit(init_state, out_shardings=shardings)(init_rng)

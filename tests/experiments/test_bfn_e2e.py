@@ -263,3 +263,12 @@ def test_fsdp_gives_the_same_losses_as_data_parallel(reference_run, tmp_path):
     np.testing.assert_allclose(
         [ours[s] for s in sorted(ours)], [reference[s] for s in sorted(reference)], rtol=1e-4
     )
+
+
+def test_a_checkpoint_from_another_model_gives_one_line_and_stays_untouched(reference_run, capsys):
+    before = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    args = [SMOKE, f"--workdir={reference_run}", "--mode=eval", "--config.model.model_channels=16"]
+    assert entry.run(["main", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this config" in err[0], err
+    assert sorted(p.name for p in (reference_run / "checkpoints").iterdir()) == before
