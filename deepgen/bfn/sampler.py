@@ -151,7 +151,9 @@ def sample_discretised(
     def log_probs(mu: jax.Array, t: jax.Array, rng_net: jax.Array) -> jax.Array:
         """ln p_O(k | theta; t), the log of continuous.discretised_output, shape ...xK."""
         eps_mean, eps_log_std = output_fn(mu, jnp.full((batch_size,), t, jnp.float32), rng_net)
-        mean, std = continuous.discretised_output_params(mu, eps_mean, eps_log_std, t, sigma1=sigma1)
+        mean, std = continuous.discretised_output_params(
+            mu, eps_mean, eps_log_std, t, sigma1=sigma1
+        )
         return continuous.discretised_normal_log_probs(mean, std, num_bins=num_bins)
 
     def update(
