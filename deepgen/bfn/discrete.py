@@ -1,14 +1,14 @@
-"""Bayesian flow, losses and NLL bounds for discrete data (BFN paper, Sec. 6).
+"""Bayesian flow, losses and NLL bounds for discrete data (BFN paper, Sec. 6, discrete data).
 
 K classes per variable; class probabilities live on the last axis. Equations:
-  accuracy schedule   beta(t) = beta(1) t^2,  alpha(t) = 2 beta(1) t            (Eq. 182-183)
-  discrete accuracies alpha_i = beta(1) (2i - 1) / n^2                           (Eq. 200)
-  sender              y ~ N(alpha (K e_x - 1), alpha K I)                         (Eq. 157)
-  Bayesian update     theta' = e^y theta / sum_k e^{y_k} theta_k                  (Eq. 171)
-  Bayesian flow       theta = softmax(y),  y ~ N(beta(t) (K e_x - 1), beta(t) K I) (Eq. 179)
-  L^inf(x)            K beta(1) t ||e_x - e_hat(theta, t)||^2,  t ~ U(0, 1)       (Eq. 205)
-  L^n(x)              n E_i E_y [ln p_S(y | x) - ln p_R(y | theta_{i-1})]          (Eq. 195)
-  L^r(x)              -ln p_O(x | theta_1)                                        (Eq. 199)
+  accuracy schedule   beta(t) = beta(1) t^2,  alpha(t) = 2 beta(1) t
+  discrete accuracies alpha_i = beta(1) (2i - 1) / n^2
+  sender              y ~ N(alpha (K e_x - 1), alpha K I)
+  Bayesian update     theta' = e^y theta / sum_k e^{y_k} theta_k
+  Bayesian flow       theta = softmax(y),  y ~ N(beta(t) (K e_x - 1), beta(t) K I)
+  L^inf(x)            K beta(1) t ||e_x - e_hat(theta, t)||^2,  t ~ U(0, 1)
+  L^n(x)              n E_i E_y [ln p_S(y | x) - ln p_R(y | theta_{i-1})]
+  L^r(x)              -ln p_O(x | theta_1)
 All losses here are per variable (summed over classes, not over variables): the caller sums
 over the variables of an example to get nats per example.
 """

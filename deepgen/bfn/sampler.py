@@ -1,4 +1,4 @@
-"""n-step BFN samplers (BFN paper, Graves et al. 2023, arXiv 2308.07037, Algorithms 3, 6 and 9).
+"""n-step BFN samplers (BFN paper, Graves et al. 2023, arXiv 2308.07037, the sample-generation algorithms of Secs. 4-6).
 
 Each sampler is one lax.scan over i = 1..n with t = (i-1)/n: the network reads the input parameters
 theta at time t, a sample is drawn from its output distribution, y ~ sender(sample, alpha_i) and

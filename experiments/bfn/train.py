@@ -1,8 +1,9 @@
 """BFN on binarized MNIST: state, train and eval steps, and the train / eval / sample modes.
 
-Training minimises the continuous-time loss L^inf (BFN paper, Eq. 205), as the official code
-does; evaluation reports the NLL bound L + L^r in nats per image for continuous time and for
-each configured n (Eq. 195, 199), averaged over repeats of the dynamically binarised test set.
+Training minimises the continuous-time loss L^inf (BFN paper, Sec. 6), as the official code
+does; evaluation reports the NLL bound L + L^r in nats per image, with L the continuous-time
+loss or the n-step loss L^n for each configured n and L^r the reconstruction loss, averaged over
+repeats of the dynamically binarised test set.
 """
 
 import functools
