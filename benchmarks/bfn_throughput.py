@@ -61,7 +61,7 @@ def main() -> None:
             node = node[part]
         node[leaf] = type(node[leaf])(eval(value) if not isinstance(node[leaf], str) else value)
 
-    experiment = Experiment(config, (28, 28))
+    experiment = Experiment(config)
     mesh = experiment.mesh
     abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
     shardings = mesh_lib.state_shardings(abstract, mesh)
@@ -74,8 +74,9 @@ def main() -> None:
         donate_argnums=(0,),
     )
     batch_size = int(config.train.batch_size)
-    images = np.random.default_rng(0).integers(0, 2, (batch_size, 28, 28), dtype=np.int32)
-    batch = jax.device_put({"image": jnp.asarray(images)}, batch_sharding)
+    shape = (batch_size, *experiment.variable_shape)
+    x = np.random.default_rng(0).integers(0, experiment.num_classes, shape, dtype=np.int32)
+    batch = jax.device_put({"x": jnp.asarray(x)}, batch_sharding)
     rng = jax.random.key(1)
 
     started = time.perf_counter()
