@@ -79,16 +79,7 @@ def _mnist_cpu() -> ConfigDict:
     config.model.num_heads = 1
     config.model.dropout = 0.0
     config.model.num_groups = 8
-    config.train.num_steps = 1200
-    config.train.batch_size = 64
-    config.train.log_every = 25
-    config.train.eval_every = 0
-    config.opt.lr = 1e-3
-    config.opt.schedule = "warmup_cosine"
-    config.opt.warmup_steps = 100
-    config.opt.b2 = 0.99
-    config.ema.decay = 0.999
-    config.ema.warmup = True
+    config = common.cpu_recipe(config, num_steps=1200, batch_size=64)
     config.ckpt.every = 400
     config.eval.n_steps = (0, 10, 25, 50, 100)
     config.eval.repeats = 5
@@ -173,16 +164,7 @@ def _text8_cpu() -> ConfigDict:
     config.model.width = 128
     config.model.max_len = 64
     config.model.dtype = "float32"
-    config.train.num_steps = 1500
-    config.train.batch_size = 64
-    config.train.log_every = 25
-    config.train.eval_every = 0
-    config.opt.lr = 1e-3
-    config.opt.schedule = "warmup_cosine"
-    config.opt.warmup_steps = 100
-    config.opt.b2 = 0.99
-    config.ema.decay = 0.999
-    config.ema.warmup = True
+    config = common.cpu_recipe(config, num_steps=1500, batch_size=64)
     config.ckpt.every = 500
     config.eval.n_steps = (0, 10, 25, 50, 100)
     config.eval.repeats = 3

