@@ -1,12 +1,14 @@
-"""Train-step throughput of BFN on MNIST: steps/s, images/s and peak memory on this backend.
+"""Train-step throughput of BFN (MNIST or text8 variants): steps/s, examples/s and peak memory.
 
     python benchmarks/bfn_throughput.py --variant=mnist --batch_size=512 --dtype=bfloat16 --record
 
 Times the same jitted, sharded, state-donating step that `experiments.main` runs, on random
-binary images (the input pipeline is not timed). --record appends a row to benchmarks/RESULTS.md.
+class indices of the variant's shape (the input pipeline is not timed).
+--record adds a row to the throughput table in benchmarks/RESULTS.md.
 """
 
 import argparse
+import ast
 import datetime
 import platform
 import resource
@@ -59,7 +61,9 @@ def main() -> None:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
-        node[leaf] = type(node[leaf])(eval(value) if not isinstance(node[leaf], str) else value)
+        node[leaf] = (
+            value if isinstance(node[leaf], str) else type(node[leaf])(ast.literal_eval(value))
+        )
 
     experiment = Experiment(config)
     mesh = experiment.mesh
@@ -105,14 +109,24 @@ def main() -> None:
     )
     print(
         f"variant={args.variant} params={params:,} batch={batch_size} dtype={config.model.dtype} "
-        f"steps/s={steps_per_s:.2f} images/s={steps_per_s * batch_size:,.0f} "
+        f"steps/s={steps_per_s:.2f} examples/s={steps_per_s * batch_size:,.0f} "
         f"peak={peak / 2**30:.2f} GiB ({peak_kind}) compile={compile_s:.1f}s "
         f"loss={float(metrics['loss']):.4f}"
     )
     if args.record:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(row.replace("--record", "").replace("  ", " ") + "\n")
-        print(f"recorded in {ROOT / 'benchmarks' / 'RESULTS.md'}")
+        record_row(ROOT / "benchmarks" / "RESULTS.md", row.replace(" --record", ""))
+
+
+def record_row(path: Path, row: str) -> None:
+    """Insert the row at the end of the throughput table (the first table in the file)."""
+    lines = path.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("|---"))
+    end = header + 1
+    while end < len(lines) and lines[end].startswith("| "):
+        end += 1
+    lines.insert(end, row)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"recorded in {path}")
 
 
 if __name__ == "__main__":
