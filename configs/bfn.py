@@ -67,6 +67,7 @@ def _mnist() -> ConfigDict:
     config.sample = ConfigDict()
     config.sample.num_images = 64
     config.sample.n_steps = 100
+    config.sample.inpaint = ""  # "top_half": complete the top halves of test digits
     return config
 
 
@@ -153,6 +154,7 @@ def _text8() -> ConfigDict:
     config.sample = ConfigDict()
     config.sample.num_images = 8  # sequences
     config.sample.n_steps = 100
+    config.sample.prompt = ""  # a text8-style prefix every sample starts with (infilling)
     return config
 
 

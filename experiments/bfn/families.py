@@ -120,6 +120,20 @@ class BinaryImages:
         )
         return "independent per-pixel Bernoulli fit to the training digits", value
 
+    def known_positions(self, num_samples: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """With sample.inpaint = "top_half": the top halves of binarised test digits, clamped."""
+        mode = self.config.sample.get("inpaint", "")
+        if not mode:
+            return None
+        if mode != "top_half":
+            raise ConfigError(f"config.sample.inpaint={mode!r} is not allowed: '' or 'top_half'")
+        test = self.load("test")
+        count = min(num_samples, test.num_examples)
+        digits = np.resize(self.eval_examples(test, 0)[:count], (num_samples, *self.variable_shape))
+        mask = np.zeros_like(digits, dtype=bool)
+        mask[:, : self.variable_shape[0] // 2] = True
+        return mask, digits
+
     def write_samples(
         self, samples: np.ndarray, probs: np.ndarray, out_dir: str, step: int, n_steps: int
     ) -> dict[str, str]:
@@ -240,6 +254,29 @@ class Text8:
         return "unigram model of the training text", text8.unigram_entropy_bits(
             train.tokens_N, test.tokens_N
         )
+
+    def known_positions(self, num_samples: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """With sample.prompt set: every sample starts with the prompt (text infilling)."""
+        from deepgen.data import text8
+
+        prompt = self.config.sample.get("prompt", "")
+        if not prompt:
+            return None
+        seq_len = self.variable_shape[0]
+        try:
+            tokens = text8.encode(prompt)
+        except ValueError as error:
+            raise ConfigError(
+                f"config.sample.prompt={prompt!r} is not allowed: lowercase a-z and spaces only"
+            ) from error
+        if len(tokens) > seq_len:
+            raise ConfigError(
+                f"config.sample.prompt has {len(tokens)} characters; at most data.seq_len={seq_len}"
+            )
+        mask = np.zeros((num_samples, seq_len), bool)
+        values = np.zeros((num_samples, seq_len), np.int32)
+        mask[:, : len(tokens)], values[:, : len(tokens)] = True, tokens
+        return mask, values
 
     def write_samples(
         self, samples: np.ndarray, probs: np.ndarray, out_dir: str, step: int, n_steps: int

@@ -352,16 +352,30 @@ class Experiment:
         return {"results": results, "repeats": repeats, "num_examples": num}
 
     def sample(
-        self, params: Any, *, num_samples: int, n_steps: int, rng: jax.Array
+        self,
+        params: Any,
+        *,
+        num_samples: int,
+        n_steps: int,
+        rng: jax.Array,
+        known: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """n-step samples and the t = 1 output probabilities, jitted and sharded over the batch."""
+        """n-step samples and the t = 1 output probabilities, jitted and sharded over the batch.
+
+        known = (mask, values), each (num_samples, *variable_shape): positions where mask is true
+        are clamped to their values in every Bayesian update (infilling, inpainting).
+        """
         padded = _round_up_to_devices(num_samples)
         batch_sharding = mesh_lib.batch_sharding(self.mesh)
+        shape = (padded, *self.variable_shape)
+        known_mask, known_values = np.zeros(shape, bool), np.zeros(shape, np.int32)
+        if known is not None:
+            known_mask[:num_samples], known_values[:num_samples] = known
 
         def log_probs_fn(theta, t_B, rng_net):
             return self.log_probs_fn(params, theta, t_B, train=False, rng=rng_net)
 
-        def run(rng):
+        def run(rng, known_mask, known_values):
             return sampler.sample_discrete(
                 log_probs_fn,
                 rng=rng,
@@ -370,9 +384,15 @@ class Experiment:
                 num_classes=self.num_classes,
                 n_steps=n_steps,
                 beta1=self.beta1,
+                known_mask=known_mask,
+                known_values=known_values,
             )
 
-        samples, probs = jax.jit(run, out_shardings=(batch_sharding, batch_sharding))(rng)
+        samples, probs = jax.jit(
+            run,
+            in_shardings=(None, batch_sharding, batch_sharding),
+            out_shardings=(batch_sharding, batch_sharding),
+        )(rng, known_mask, known_values)
         if jax.process_count() > 1:  # every process gets all samples
             samples = multihost_utils.process_allgather(samples, tiled=True)
             probs = multihost_utils.process_allgather(probs, tiled=True)
@@ -541,11 +561,10 @@ def _run_sample(config: ConfigDict, workdir: str) -> int:
     step = int(jax.device_get(state.step))
     n = int(config.sample.n_steps)
     rng = jax.random.fold_in(jax.random.key(config.seed), 4)
+    num_samples = int(config.sample.num_images)
+    known = experiment.family.known_positions(num_samples)
     samples, probs = experiment.sample(
-        experiment.eval_params(state),
-        num_samples=int(config.sample.num_images),
-        n_steps=n,
-        rng=rng,
+        experiment.eval_params(state), num_samples=num_samples, n_steps=n, rng=rng, known=known
     )
     if jax.process_index() == 0:
         written = experiment.family.write_samples(

@@ -272,3 +272,17 @@ def test_a_checkpoint_from_another_model_gives_one_line_and_stays_untouched(refe
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not fit this config" in err[0], err
     assert sorted(p.name for p in (reference_run / "checkpoints").iterdir()) == before
+
+
+def test_inpainting_keeps_the_known_top_halves(reference_run):
+    config = bfn_configs.get_config("smoke")
+    config.sample.inpaint = "top_half"
+    experiment = Experiment(config)
+    mask, digits = experiment.family.known_positions(8)
+    assert mask[:, :14].all() and not mask[:, 14:].any()
+    state = experiment.restore(str(reference_run))
+    samples, probs = experiment.sample(
+        state.ema_params, num_samples=8, n_steps=5, rng=jax.random.key(0), known=(mask, digits)
+    )
+    np.testing.assert_array_equal(samples[:, :14], digits[:, :14])
+    assert samples.shape == (8, 28, 28) and probs.shape == (8, 28, 28, 2)

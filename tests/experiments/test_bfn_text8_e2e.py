@@ -37,3 +37,13 @@ def test_text8_rejects_a_window_longer_than_the_model(tmp_path, capsys):
     assert (
         "config.data.seq_len=32 is longer than config.model.max_len=16" in capsys.readouterr().err
     )
+
+
+def test_text8_infilling_keeps_the_prompt(tmp_path):
+    workdir = tmp_path / "text8"
+    assert entry.run(["main", SMOKE, f"--workdir={workdir}", "--config.train.num_steps=10"]) == 0
+    prompt = ["--mode=sample", "--config.sample.prompt=the cat "]
+    assert entry.run(["main", SMOKE, f"--workdir={workdir}", *prompt]) == 0
+    lines = (workdir / "samples" / "samples_step10_n10.txt").read_text().splitlines()
+    assert len(lines) == 8 and all(line.startswith("the cat ") for line in lines)
+    assert all(len(line) == 16 and set(line) <= set(text8.ALPHABET) for line in lines)
