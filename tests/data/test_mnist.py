@@ -257,7 +257,7 @@ def test_real_mnist_test_files_if_present() -> None:
         not (REAL_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists()
         and not (REAL_MNIST_DIR / "t10k-images-idx3-ubyte").exists()
     ):
-        pytest.skip(f"real MNIST test files not found at {REAL_MNIST_DIR}")
+        pytest.skip(reason=f"real MNIST test files not found at {REAL_MNIST_DIR}")
     test = mnist.load_mnist("test", data_dir=str(REAL_MNIST_DIR))
     assert test.num_examples == 10_000
     assert test.intensities_NxHxW.shape == (10_000, 28, 28)

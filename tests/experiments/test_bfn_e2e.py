@@ -230,7 +230,7 @@ def test_the_process_exit_status_is_2(tmp_path):
 
 def test_eval_uses_the_real_test_set_when_data_dir_has_it(reference_run, tmp_path):
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"real MNIST test files not found in {SHARED_MNIST}")
+        pytest.skip(reason=f"real MNIST test files not found in {SHARED_MNIST}")
     result = run_cli(
         [
             SMOKE,
