@@ -230,16 +230,19 @@ def encode(text: str) -> np.ndarray:
     return tokens_N
 
 
+def _valid_tokens(tokens: np.ndarray) -> bool:
+    """True when every token is an integer index into ALPHABET (an empty array is valid)."""
+    return not tokens.size or (
+        np.issubdtype(tokens.dtype, np.integer) and tokens.min() >= 0 and tokens.max() < VOCAB_SIZE
+    )
+
+
 def decode(tokens) -> str:
     """uint8/int tokens (any 1-D array-like, e.g. a jax array) back to text8 characters."""
     tokens_N = np.asarray(tokens)
     if tokens_N.ndim != 1:
         raise ValueError(f"decode expects a 1-D token sequence, got shape {tokens_N.shape}")
-    if tokens_N.size and (
-        not np.issubdtype(tokens_N.dtype, np.integer)
-        or tokens_N.min() < 0
-        or tokens_N.max() >= VOCAB_SIZE
-    ):
+    if not _valid_tokens(tokens_N):
         raise ValueError(
             f"decode expects integer tokens in [0, {VOCAB_SIZE}), got dtype {tokens_N.dtype} "
             f"with range [{tokens_N.min()}, {tokens_N.max()}]"
@@ -617,11 +620,7 @@ def unigram_entropy_bits(train_tokens_N: np.ndarray, test_tokens_M: np.ndarray) 
     if test.size == 0:
         raise ValueError("unigram_entropy_bits needs at least one test token")
     for name, tokens in (("train", train), ("test", test)):
-        if tokens.size and (
-            not np.issubdtype(tokens.dtype, np.integer)
-            or tokens.min() < 0
-            or tokens.max() >= VOCAB_SIZE
-        ):
+        if not _valid_tokens(tokens):
             raise ValueError(
                 f"{name} tokens must be integers in [0, {VOCAB_SIZE}), got dtype {tokens.dtype}"
             )
