@@ -18,7 +18,7 @@ from deepgen.core import distributed
 from deepgen.core.errors import UserError
 
 MODES = ("train", "eval", "sample")
-METHODS = ("bfn",)
+METHODS = ("bfn", "noisynet", "snap")
 
 
 def _define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
