@@ -1,9 +1,11 @@
-"""Train-step throughput of BFN (MNIST or text8 variants): steps/s, examples/s and peak memory.
+"""Train-step throughput of every BFN variant: steps/s, examples/s, tokens/s, model TFLOP/s, peak memory.
 
     python benchmarks/bfn_throughput.py --variant=mnist --batch_size=512 --dtype=bfloat16 --record
 
 Times the same jitted, sharded, state-donating step that `experiments.main` runs, on random
-class indices of the variant's shape (the input pipeline is not timed).
+data of the variant's shape (class indices, or bin centres for CIFAR-10; the input pipeline is
+not timed). Model FLOPs: 6N + 12LdT per token for the text8 transformer (the convention the
+issue's targets use), XLA's own count of the compiled step for the U-Nets.
 --record adds a row to the throughput table in benchmarks/RESULTS.md.
 """
 
@@ -26,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from configs import bfn as bfn_configs  # noqa: E402
 from deepgen.bfn.model import count_params  # noqa: E402
+from deepgen.bfn.transformer import model_flops_per_token  # noqa: E402
 from deepgen.core import mesh as mesh_lib  # noqa: E402
 from experiments.bfn.train import Experiment  # noqa: E402
 
@@ -79,11 +82,17 @@ def main() -> None:
     )
     batch_size = int(config.train.batch_size)
     shape = (batch_size, *experiment.variable_shape)
-    x = np.random.default_rng(0).integers(0, experiment.num_classes, shape, dtype=np.int32)
+    levels = np.random.default_rng(0).integers(0, experiment.num_classes, shape, dtype=np.int32)
+    if experiment.flow.batch_dtype == np.int32:  # class indices
+        x = levels
+    else:  # continuous data: bin centres in [-1, 1]
+        x = ((2 * levels + 1) / experiment.num_classes - 1).astype(np.float32)
     batch = jax.device_put({"x": jnp.asarray(x)}, batch_sharding)
     rng = jax.random.key(1)
 
     started = time.perf_counter()
+    compiled = step_fn.lower(state, batch, rng).compile()
+    xla_flops = _xla_flops(compiled)
     state, metrics = step_fn(state, batch, rng)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - started
@@ -101,20 +110,42 @@ def main() -> None:
     device = jax.devices()[0]
     machine = f"{device.device_kind} x{jax.device_count()} ({jax.default_backend()}), {platform.processor() or platform.machine()}"
     params = count_params(abstract.params)
+    flops_per_step, flops_kind = xla_flops, "XLA cost analysis"
+    tokens = ""
+    if config.data.name == "text8":
+        seq_len = experiment.variable_shape[0]
+        flops_per_token = model_flops_per_token(
+            config.model.num_layers, config.model.width, seq_len, params
+        )
+        flops_per_step, flops_kind = flops_per_token * batch_size * seq_len, "6N + 12LdT"
+        tokens = f" tokens/s={steps_per_s * batch_size * seq_len:,.0f}"
+    tflops = flops_per_step * steps_per_s / 1e12 if flops_per_step else float("nan")
     row = (
         f"| {datetime.date.today()} | {socket.gethostname()} | {machine} | jax {jax.__version__} | "
         f"{args.variant} | {params / 1e6:.2f}M | {batch_size} | {config.model.dtype} | "
         f"{steps_per_s:.2f} | {steps_per_s * batch_size:,.0f} | {peak / 2**30:.2f} GiB ({peak_kind}) | "
-        f"{compile_s:.1f} s | `python benchmarks/bfn_throughput.py {' '.join(sys.argv[1:])}` |"
+        f"{compile_s:.1f} s | {tflops:.1f} ({flops_kind}) | `python benchmarks/bfn_throughput.py {' '.join(sys.argv[1:])}` |"
     )
     print(
         f"variant={args.variant} params={params:,} batch={batch_size} dtype={config.model.dtype} "
         f"steps/s={steps_per_s:.2f} examples/s={steps_per_s * batch_size:,.0f} "
-        f"peak={peak / 2**30:.2f} GiB ({peak_kind}) compile={compile_s:.1f}s "
+        f"peak={peak / 2**30:.2f} GiB ({peak_kind}) compile={compile_s:.1f}s{tokens} "
+        f"model TFLOP/s={tflops:.1f} ({flops_kind}; XLA counts {xla_flops / 1e9:,.1f} GFLOP/step) "
         f"loss={float(metrics['loss']):.4f}"
     )
     if args.record:
         record_row(ROOT / "benchmarks" / "RESULTS.md", row.replace(" --record", ""))
+
+
+def _xla_flops(compiled) -> float:
+    """FLOPs of one step as XLA's cost analysis counts them (0 where the backend has none)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return 0.0
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", 0.0))
 
 
 def record_row(path: Path, row: str) -> None:

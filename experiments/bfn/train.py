@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -22,7 +22,6 @@ import optax
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from deepgen.bfn import discrete, sampler
 from deepgen.bfn.model import count_params
 from deepgen.core import distributed, metrics, plots, train_loop
 from deepgen.core import mesh as mesh_lib
@@ -31,11 +30,9 @@ from deepgen.core.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from deepgen.core.train_state import TrainState, ema_decay, ema_update
 from deepgen.data import mnist
 from experiments.bfn.families import DTYPES, family_for
+from experiments.bfn.flows import make_flow
 
 log = logging.getLogger(__name__)
-
-# (params, theta_BxDxK, t_B, *, train, rng) -> log p_O(. | theta; t), shape BxDxK.
-NetworkLogProbs = Callable[..., jax.Array]
 
 
 def validate(config: ConfigDict) -> None:
@@ -49,13 +46,7 @@ def validate(config: ConfigDict) -> None:
             raise ConfigError(f"config.{field}={value!r} is not allowed: {allowed}")
 
     family = family_for(config)
-    require(
-        config.bfn.num_classes == family.num_classes,
-        "bfn.num_classes",
-        f"{family.num_classes} for {config.data.name}",
-    )
     family.validate(config)
-    require(config.bfn.beta1 > 0, "bfn.beta1", "a positive number")
     require(config.model.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}")
     require(0 <= config.model.dropout < 1, "model.dropout", "in [0, 1)")
     require(config.train.num_steps > 0, "train.num_steps", "a positive integer")
@@ -89,34 +80,23 @@ def _round_up_to_devices(value: int) -> int:
     return -(-value // devices) * devices
 
 
-def _expand(t_B: jax.Array, ndim: int) -> jax.Array:
-    """t_B reshaped to broadcast against (B, *variable_shape)."""
-    return t_B.reshape(t_B.shape + (1,) * (ndim - 1))
-
-
-def network_log_probs(
-    family, model, params: Any, theta_BxDxK: jax.Array, t_B: jax.Array, *, train: bool, rng
-) -> jax.Array:
-    """log p_O(. | theta; t) for every variable: the family's view of (theta, t) through the net."""
-    outputs = model.apply(
-        {"params": params},
-        *family.model_inputs(theta_BxDxK, t_B),
-        train=train,
-        rngs={"dropout": rng},
-    )
-    return family.log_probs(outputs)
+def network_apply(model, params: Any, *inputs: jax.Array, train: bool, rng) -> jax.Array:
+    """The network's raw outputs for the family's view of the input parameters and t."""
+    return model.apply({"params": params}, *inputs, train=train, rngs={"dropout": rng})
 
 
 def init_state(
     rng: jax.Array,
     *,
     family,
+    flow,
     model,
     optimizer: optax.GradientTransformation,
 ) -> TrainState:
     """Fresh parameters, their EMA copy and the optimiser state."""
-    theta = discrete.prior_theta((1, *family.variable_shape), family.num_classes)
-    inputs = family.model_inputs(theta, jnp.zeros((1,), jnp.float32))
+    inputs = family.model_inputs(
+        flow.prior_inputs((1, *family.variable_shape)), jnp.zeros((1,), jnp.float32)
+    )
     params = model.init({"params": rng}, *inputs, train=False)["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -126,36 +106,13 @@ def init_state(
     )
 
 
-def continuous_time_loss(
-    params: Any,
-    x_BxD: jax.Array,
-    rng: jax.Array,
-    *,
-    log_probs_fn: NetworkLogProbs,
-    num_classes: int,
-    beta1: float,
-    train: bool,
-) -> jax.Array:
-    """L^inf per example (nats, summed over variables) for one draw of t and theta per example."""
-    rng_t, rng_flow, rng_net = jax.random.split(rng, 3)
-    x_BxDxK = jax.nn.one_hot(x_BxD, num_classes, dtype=jnp.float32)
-    t_B = jax.random.uniform(rng_t, (x_BxD.shape[0],), jnp.float32)
-    t_bcast = _expand(t_B, x_BxD.ndim)
-    theta = discrete.flow_sample(x_BxDxK, t_bcast, beta1=beta1, rng=rng_flow)
-    log_probs = log_probs_fn(params, theta, t_B, train=train, rng=rng_net)
-    loss_BxD = discrete.continuous_time_loss(x_BxDxK, jnp.exp(log_probs), t_bcast, beta1=beta1)
-    return jnp.sum(loss_BxD, axis=tuple(range(1, x_BxD.ndim)))
-
-
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     rng: jax.Array,
     *,
-    log_probs_fn: NetworkLogProbs,
-    num_classes: int,
+    flow,
     optimizer: optax.GradientTransformation,
-    beta1: float,
     ema: ConfigDict,
     per_example_metric: tuple[str, float],
 ) -> tuple[TrainState, dict]:
@@ -165,15 +122,7 @@ def train_step(
     num_variables = math.prod(x_BxD.shape[1:])
 
     def loss_fn(params):
-        per_example = continuous_time_loss(
-            params,
-            x_BxD,
-            rng,
-            log_probs_fn=log_probs_fn,
-            num_classes=num_classes,
-            beta1=beta1,
-            train=True,
-        )
+        per_example = flow.train_loss(params, x_BxD, rng, train=True)
         return jnp.mean(per_example) / num_variables
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -194,58 +143,6 @@ def train_step(
     }
 
 
-def nll_terms(
-    params: Any,
-    x_BxD: jax.Array,
-    rng: jax.Array,
-    *,
-    log_probs_fn: NetworkLogProbs,
-    num_classes: int,
-    beta1: float,
-    n_steps: tuple[int, ...],
-    num_samples: int,
-) -> dict[str, jax.Array]:
-    """Per-example loss terms in nats: L^inf or L^n for each n (0 means L^inf), and L^r."""
-    x_BxDxK = jax.nn.one_hot(x_BxD, num_classes, dtype=jnp.float32)
-    batch, ndim = x_BxD.shape[0], x_BxD.ndim
-    variable_axes = tuple(range(1, ndim))
-    terms = {}
-    for n in n_steps:
-        rng_n = jax.random.fold_in(rng, n)
-        if n == 0:
-            terms["inf"] = continuous_time_loss(
-                params,
-                x_BxD,
-                rng_n,
-                log_probs_fn=log_probs_fn,
-                num_classes=num_classes,
-                beta1=beta1,
-                train=False,
-            )
-            continue
-        rng_i, rng_flow, rng_y = jax.random.split(rng_n, 3)
-        i_B = jax.random.randint(rng_i, (batch,), 1, n + 1).astype(jnp.float32)
-        t_B = (i_B - 1.0) / n
-        theta = discrete.flow_sample(x_BxDxK, _expand(t_B, ndim), beta1=beta1, rng=rng_flow)
-        log_probs = log_probs_fn(params, theta, t_B, train=False, rng=rng_flow)
-        loss = discrete.discrete_time_loss(
-            x_BxDxK,
-            log_probs,
-            _expand(i_B, ndim),
-            n_steps=n,
-            beta1=beta1,
-            rng=rng_y,
-            num_samples=num_samples,
-        )
-        terms[str(n)] = jnp.sum(loss, axis=variable_axes)
-    rng_r = jax.random.fold_in(rng, 2**31 - 1)  # distinct from every n
-    t1_B = jnp.ones((batch,), jnp.float32)
-    theta1 = discrete.flow_sample(x_BxDxK, _expand(t1_B, ndim), beta1=beta1, rng=rng_r)
-    log_probs1 = log_probs_fn(params, theta1, t1_B, train=False, rng=rng_r)
-    terms["recon"] = jnp.sum(discrete.reconstruction_loss(x_BxDxK, log_probs1), axis=variable_axes)
-    return terms
-
-
 class Experiment:
     """The family, model, optimiser and jitted functions of one config on one mesh."""
 
@@ -257,18 +154,19 @@ class Experiment:
         self.mesh = mesh_lib.make_mesh(config.mesh)
         self.model = self.family.make_model()
         self.optimizer = make_optimizer(config.opt, int(config.train.num_steps))
-        self.beta1 = float(config.bfn.beta1)
-        self.log_probs_fn = functools.partial(network_log_probs, self.family, self.model)
+        self.flow = make_flow(self.family, functools.partial(network_apply, self.model), config)
         self.init_state = functools.partial(
-            init_state, family=self.family, model=self.model, optimizer=self.optimizer
+            init_state,
+            family=self.family,
+            flow=self.flow,
+            model=self.model,
+            optimizer=self.optimizer,
         )
         nats_to_unit = self.family.from_nats(1.0)
         self.train_step = functools.partial(
             train_step,
-            log_probs_fn=self.log_probs_fn,
-            num_classes=self.num_classes,
+            flow=self.flow,
             optimizer=self.optimizer,
-            beta1=self.beta1,
             ema=config.ema,
             per_example_metric=(self.family.train_metric, nats_to_unit),
         )
@@ -302,10 +200,7 @@ class Experiment:
         batch_sharding = mesh_lib.batch_sharding(self.mesh)
         terms_fn = jax.jit(
             functools.partial(
-                nll_terms,
-                log_probs_fn=self.log_probs_fn,
-                num_classes=self.num_classes,
-                beta1=self.beta1,
+                self.flow.nll_terms,
                 n_steps=tuple(int(n) for n in n_steps),
                 num_samples=int(config.eval.num_samples),
             ),
@@ -322,7 +217,7 @@ class Experiment:
             for b in range(-(-num // batch_size)):
                 chunk = examples[b * batch_size : (b + 1) * batch_size]
                 valid = len(chunk)
-                padded = np.zeros((batch_size, *chunk.shape[1:]), np.int32)
+                padded = np.zeros((batch_size, *chunk.shape[1:]), self.flow.batch_dtype)
                 padded[:valid] = chunk
                 global_x = distributed.global_batch(padded[rows], batch_sharding)
                 rng = jax.random.fold_in(jax.random.fold_in(base_rng, repeat), b)
@@ -368,22 +263,18 @@ class Experiment:
         padded = _round_up_to_devices(num_samples)
         batch_sharding = mesh_lib.batch_sharding(self.mesh)
         shape = (padded, *self.variable_shape)
-        known_mask, known_values = np.zeros(shape, bool), np.zeros(shape, np.int32)
+        known_mask = np.zeros(shape, bool)
+        known_values = np.zeros(shape, self.flow.batch_dtype)
         if known is not None:
             known_mask[:num_samples], known_values[:num_samples] = known
 
-        def log_probs_fn(theta, t_B, rng_net):
-            return self.log_probs_fn(params, theta, t_B, train=False, rng=rng_net)
-
         def run(rng, known_mask, known_values):
-            return sampler.sample_discrete(
-                log_probs_fn,
+            return self.flow.sample(
+                params,
                 rng=rng,
                 batch_size=padded,
                 variable_shape=self.variable_shape,
-                num_classes=self.num_classes,
                 n_steps=n_steps,
-                beta1=self.beta1,
                 known_mask=known_mask,
                 known_values=known_values,
             )

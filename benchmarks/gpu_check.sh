@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The one GPU check of a session: paper-scale BFN train-step throughput on the device machine.
+#   run from the repository root on the GPU machine; wheels for missing packages in .whl/
+# Prints one line per variant (see benchmarks/bfn_throughput.py) and tees it to $OUT/gpu.log.
+set -u
+if ls .whl/ml_collections*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/ml_collections*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+LOG=${OUT:-/tmp}/gpu.log
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
+B="python3 benchmarks/bfn_throughput.py --steps 15 --warmup 3"
+timeout 150 $B --variant=text8 --batch_size=64 --dtype=bfloat16 --set model.attention_impl=cudnn 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
+timeout 100 $B --variant=cifar10_256d --batch_size=32 --dtype=bfloat16 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
+timeout 80 $B --variant=cifar10_256d --batch_size=32 --dtype=float32 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
