@@ -1,0 +1,535 @@
+"""Interchangeable online gradient estimators for recurrent cells: BPTT, truncated BPTT, RTRL, SnAp-n, UORO.
+
+Notation (Menick et al. 2020, arXiv 2006.07232, Section 2-3): state s_t = f_θ(s_{t-1}, x_t), influence
+J_t = ds_t/dθ obeys J_t = I_t + D_t J_{t-1} with D_t = ∂s_t/∂s_{t-1} and I_t = ∂s_t/∂θ (immediate), and
+dL/dθ = Σ_t (∂ℓ_t/∂s_t) J_t.
+- rtrl:  dense J (S × p) via jax.jacfwd (D) and jax.jacrev (I); O(S²p) = O(k⁴) per step.
+- snapN: J kept on the STRUCTURAL pattern M_N = nz(Σ_{m<N} A^m S_1) (A = structural one-step unit graph
+  from the masks and `cells.cell_wiring`, S_1 = units a parameter writes in one step), computed once
+  with boolean matrix products, never from current values (the value mask |I_t| > 0 of the paper's
+  Appendix D snippet wrongly wipes entries whenever an input is exactly zero, e.g. one-hot inputs).
+  Storage: for each kept parameter, a fixed list of K reachable state entries (K = max over units),
+  stored unit-major (k, G, C, K) per parameter leaf;
+  SnAp-1 on vanilla/GRU has K = 1, i.e. one number per parameter (the eligibility trace).
+- uoro:  Tallec & Ollivier 2018 (arXiv 1702.05043), rank-one unbiased J ≈ s̃ θ̃ᵀ with the
+  variance-minimising ρ0 = sqrt(‖θ̃‖/‖D s̃‖), ρ1 = sqrt(‖νᵀI‖/‖ν‖) (+ε in numerators and denominators).
+- tbptt / bptt: buffer the window's inputs and ∂ℓ_t/∂s_t, then one backward pass at the window end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepgen.core.errors import ConfigError
+from deepgen.snap import cells
+from deepgen.snap.cells import CellConfig
+
+ESTIMATORS = ("bptt", "tbptt", "rtrl", "snap1", "snap2", "snap3", "uoro")
+ReadoutLoss = Callable[[Any, jax.Array, Any], jax.Array]
+
+
+class Estimator(NamedTuple):
+    """A gradient estimator as pure, unbatched functions (see the module docstring and snap_interface.md)."""
+
+    name: str
+    init_traces: Callable  # (params, masks, readout_params, state_S) -> traces
+    step: Callable  # (params, masks, readout_params, state_S, traces, x_I, y, rng) -> (state, traces, grads, loss, ready)
+    consume: Callable  # traces -> traces with zeroed gradient accumulators
+    reset: Callable  # traces -> all-zero traces
+
+
+def _zeros_like(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def _consume(traces: dict) -> dict:
+    return {
+        **traces,
+        "grad_cell": _zeros_like(traces["grad_cell"]),
+        "grad_readout": _zeros_like(traces["grad_readout"]),
+    }
+
+
+def _reset(traces: dict) -> dict:
+    return _zeros_like(traces)
+
+
+def _readout_value_and_grads(
+    config: CellConfig, readout_loss: ReadoutLoss, readout_params, state_S, y
+):
+    """(loss, readout grads, ∂loss/∂state) at one step."""
+
+    def loss_fn(rp, s):
+        return readout_loss(rp, cells.hidden(config, s), y)
+
+    loss, (grad_ro, delta_S) = jax.value_and_grad(loss_fn, argnums=(0, 1))(readout_params, state_S)
+    return loss, grad_ro, delta_S
+
+
+def _accumulate(traces: dict, grad_cell, grad_ro) -> dict:
+    return {
+        **traces,
+        "grad_cell": jax.tree.map(jnp.add, traces["grad_cell"], grad_cell),
+        "grad_readout": jax.tree.map(jnp.add, traces["grad_readout"], grad_ro),
+    }
+
+
+def _base_traces(params, readout_params) -> dict:
+    return {"grad_cell": _zeros_like(params), "grad_readout": _zeros_like(readout_params)}
+
+
+# ----------------------------------------------------------------------------------------------- BPTT
+
+
+def bptt_gradients(
+    cell_config: CellConfig,
+    params,
+    masks,
+    readout_params,
+    state0_S,
+    xs_TxI,
+    ys_T,
+    readout_loss: ReadoutLoss,
+):
+    """Exact gradients of the summed loss over a sequence: ((cell_grads, readout_grads), total_loss)."""
+
+    def total_loss(p, rp):
+        def body(state_S, x_and_y):
+            x_I, y = x_and_y
+            new_S = cells.cell_step(cell_config, p, masks, state_S, x_I)
+            return new_S, readout_loss(rp, cells.hidden(cell_config, new_S), y)
+
+        _, losses_T = jax.lax.scan(body, state0_S, (xs_TxI, ys_T))
+        return jnp.sum(losses_T)
+
+    loss, grads = jax.value_and_grad(total_loss, argnums=(0, 1))(params, readout_params)
+    return grads, loss
+
+
+def _make_tbptt(name: str, config: CellConfig, readout_loss: ReadoutLoss, window: int) -> Estimator:
+    """Truncated BPTT over consecutive windows of `window` steps; the state carries across windows."""
+
+    def init_traces(params, masks, readout_params, state_S):
+        return {
+            **_base_traces(params, readout_params),
+            "state0": jnp.zeros_like(state_S),
+            "xs": jnp.zeros((window, config.input_size), state_S.dtype),
+            "deltas": jnp.zeros((window, state_S.shape[0]), state_S.dtype),
+            "count": jnp.zeros((), jnp.int32),
+        }
+
+    def step(params, masks, readout_params, state_S, traces, x_I, y, rng):
+        del rng
+        count = traces["count"]
+        state0 = jnp.where(count == 0, state_S, traces["state0"])
+        xs = traces["xs"].at[count].set(x_I)
+        new_S = cells.cell_step(config, params, masks, state_S, x_I)
+        loss, grad_ro, delta_S = _readout_value_and_grads(
+            config, readout_loss, readout_params, new_S, y
+        )
+        deltas = traces["deltas"].at[count].set(delta_S)
+        ready = count + 1 == window
+
+        def window_grads():
+            def states_fn(p):
+                def body(s, x):
+                    s = cells.cell_step(config, p, masks, s, x)
+                    return s, s
+
+                return jax.lax.scan(body, state0, xs)[1]
+
+            _, vjp = jax.vjp(states_fn, params)
+            return vjp(deltas)[0]
+
+        grad_cell = jax.lax.cond(ready, window_grads, lambda: _zeros_like(params))
+        new_traces = _accumulate(traces, grad_cell, grad_ro)
+        new_traces.update(
+            state0=state0,
+            xs=xs,
+            deltas=deltas,
+            count=jnp.where(ready, 0, count + 1).astype(jnp.int32),
+        )
+        return new_S, new_traces, (new_traces["grad_cell"], new_traces["grad_readout"]), loss, ready
+
+    return Estimator(name, init_traces, step, _consume, _reset)
+
+
+# ----------------------------------------------------------------------------------------------- RTRL
+
+
+def _make_rtrl(config: CellConfig, readout_loss: ReadoutLoss) -> Estimator:
+    """Exact RTRL with a dense influence matrix per parameter leaf, shape (S, *leaf.shape)."""
+
+    def init_traces(params, masks, readout_params, state_S):
+        influence = jax.tree.map(lambda p: jnp.zeros(state_S.shape + p.shape, p.dtype), params)
+        return {**_base_traces(params, readout_params), "influence": influence}
+
+    def step(params, masks, readout_params, state_S, traces, x_I, y, rng):
+        del rng
+        new_S = cells.cell_step(config, params, masks, state_S, x_I)
+        d_SxS = jax.jacfwd(lambda s: cells.cell_step(config, params, masks, s, x_I))(state_S)
+        immediate = jax.jacrev(lambda p: cells.cell_step(config, p, masks, state_S, x_I))(params)
+        influence = jax.tree.map(
+            lambda i, j: i + jnp.tensordot(d_SxS, j, axes=1), immediate, traces["influence"]
+        )
+        loss, grad_ro, delta_S = _readout_value_and_grads(
+            config, readout_loss, readout_params, new_S, y
+        )
+        grad_cell = jax.tree.map(lambda j: jnp.tensordot(delta_S, j, axes=1), influence)
+        new_traces = _accumulate({**traces, "influence": influence}, grad_cell, grad_ro)
+        return (
+            new_S,
+            new_traces,
+            (new_traces["grad_cell"], new_traces["grad_readout"]),
+            loss,
+            jnp.array(True),
+        )
+
+    return Estimator("rtrl", init_traces, step, _consume, _reset)
+
+
+# ----------------------------------------------------------------------------------------------- SnAp
+
+
+class SnapStructure(NamedTuple):
+    """Static (numpy) SnAp-n pattern. S = state size, K = max kept state entries per parameter group.
+
+    reach[g, u, s]: parameters of gate g of unit u reach state entry s within n steps (M_n, by group).
+    entries[u, a]: the a-th state entry kept for unit u's parameters (padded with 0 where ~entry_valid).
+    gate_keep[g, u, a]: entry a is in gate g's own pattern (LSTM o-gate parameters reach fewer entries).
+    self_pos[b, u, a]: entry a is component b of unit u itself (where the immediate Jacobian lands).
+    columns[name]: (cols (G,k,C), valid (G,k,C)) for masked weight leaves (kept columns per row), or
+      absent for leaves stored whole (dense leaves, and every leaf at SnAp-1, where a trace entry per
+      stored weight is as cheap as the forward pass and gathers would cost more than they save).
+    """
+
+    n: int
+    reach: np.ndarray
+    entries: np.ndarray
+    entry_valid: np.ndarray
+    gate_keep: np.ndarray
+    self_pos: np.ndarray
+    columns: dict
+
+
+def structural_adjacency(config: CellConfig, masks) -> np.ndarray:
+    """A[s_out, s_in] = 1 where state entry s_out at t can depend on s_in at t-1 (from structure only)."""
+    wiring = cells.cell_wiring(config.kind)
+    k = config.hidden_size
+    num_states = wiring.num_components * k
+    mask_h = np.asarray(masks["w_h"]) != 0  # (G, k, k)
+    adjacency = np.zeros((num_states, num_states), bool)
+    eye = np.eye(k, dtype=bool)
+    for b_out in range(wiring.num_components):
+        for b_in in range(wiring.num_components):
+            if wiring.elementwise_deps[b_out, b_in]:
+                adjacency[b_out * k : (b_out + 1) * k, b_in * k : (b_in + 1) * k] |= eye
+        for g in range(wiring.num_gates):
+            if wiring.gate_writes[b_out, g]:
+                adjacency[b_out * k : (b_out + 1) * k, :k] |= mask_h[g]
+    return adjacency
+
+
+def snap_reach(config: CellConfig, masks, n: int) -> np.ndarray:
+    """reach[g, u, s]: a parameter of gate g, unit u can influence state entry s within n steps."""
+    if n < 1:
+        raise ConfigError(f"SnAp order n must be >= 1, got {n}")
+    wiring = cells.cell_wiring(config.kind)
+    k = config.hidden_size
+    num_states = wiring.num_components * k
+    written = np.zeros((num_states, wiring.num_gates, k), bool)  # S_1: one-step writes per (g, u)
+    for b in range(wiring.num_components):
+        for g in range(wiring.num_gates):
+            if wiring.gate_writes[b, g]:
+                written[b * k + np.arange(k), g, np.arange(k)] = True
+    adjacency = structural_adjacency(config, masks).astype(np.float32)
+    reach = written.reshape(num_states, -1)
+    for _ in range(n - 1):  # boolean product via float matmul (exact for these small counts)
+        reach = reach | ((adjacency @ reach.astype(np.float32)) > 0)
+    return reach.reshape(num_states, wiring.num_gates, k).transpose(1, 2, 0)
+
+
+def snap_structure(config: CellConfig, masks, n: int) -> SnapStructure:
+    """The static SnAp-n storage layout for these (concrete) masks."""
+    wiring = cells.cell_wiring(config.kind)
+    k = config.hidden_size
+    reach = snap_reach(config, masks, n)
+    unit_reach = reach.any(axis=0)  # (k, S)
+    width = int(unit_reach.sum(axis=1).max())
+    entries = np.zeros((k, width), np.int32)
+    entry_valid = np.zeros((k, width), bool)
+    for u in range(k):
+        kept = np.flatnonzero(unit_reach[u])
+        entries[u, : kept.size] = kept
+        entry_valid[u, : kept.size] = True
+    gate_keep = np.take_along_axis(
+        reach, np.broadcast_to(entries, (*reach.shape[:2], width)), axis=2
+    )
+    gate_keep &= entry_valid[None]
+    self_pos = np.stack(
+        [
+            (entries == b * k + np.arange(k)[:, None]) & entry_valid
+            for b in range(wiring.num_components)
+        ]
+    )
+    columns = {}
+    for name in ("w_x", "w_h"):
+        mask = np.asarray(masks[name]) != 0
+        if mask.all() or width <= wiring.num_components:
+            continue  # SnAp-1: dense element-wise traces beat gathering the kept columns
+        num_cols = max(1, int(mask.sum(axis=2).max()))
+        cols = np.zeros((*mask.shape[:2], num_cols), np.int32)
+        valid = np.zeros((*mask.shape[:2], num_cols), bool)
+        for g in range(mask.shape[0]):
+            for u in range(mask.shape[1]):
+                kept = np.flatnonzero(mask[g, u])
+                cols[g, u, : kept.size] = kept
+                valid[g, u, : kept.size] = True
+        columns[name] = (cols, valid)
+    return SnapStructure(n, reach, entries, entry_valid, gate_keep, self_pos, columns)
+
+
+def _as_rows(leaf: jax.Array) -> jax.Array:
+    """A parameter leaf as (G, k, C): biases (G, k) get one column."""
+    return leaf[..., None] if leaf.ndim == 2 else leaf
+
+
+def _gather_columns(structure: SnapStructure, name: str, leaf_GxKxC: jax.Array) -> jax.Array:
+    if name not in structure.columns:
+        return leaf_GxKxC
+    cols, _ = structure.columns[name]
+    return jnp.take_along_axis(leaf_GxKxC, jnp.asarray(cols), axis=2)
+
+
+def _scatter_columns(
+    structure: SnapStructure, name: str, values_GxKxC: jax.Array, leaf: jax.Array
+) -> jax.Array:
+    """Kept-column values back to the leaf's dense shape (zeros elsewhere)."""
+    if name not in structure.columns:
+        return values_GxKxC.reshape(leaf.shape)
+    cols, valid = structure.columns[name]
+    gates, units = cols.shape[:2]
+    dense = jnp.zeros(leaf.shape, values_GxKxC.dtype)
+    g_idx = np.arange(gates)[:, None, None]
+    u_idx = np.arange(units)[None, :, None]
+    return dense.at[g_idx, u_idx, jnp.asarray(cols)].add(
+        values_GxKxC * jnp.asarray(valid, values_GxKxC.dtype)
+    )
+
+
+def snap_trace_size(structure: SnapStructure, params) -> int:
+    """Number of stored influence entries for these params."""
+    width = structure.entries.shape[1]
+    total = 0
+    for name, leaf in params.items():
+        rows = leaf.shape if leaf.ndim == 3 else (*leaf.shape, 1)
+        cols = structure.columns[name][0].shape[2] if name in structure.columns else rows[2]
+        total += rows[0] * rows[1] * cols * width
+    return total
+
+
+def _make_snap(config: CellConfig, readout_loss: ReadoutLoss, n: int, masks) -> Estimator:
+    """SnAp-n with the structural pattern; the layout is built from concrete masks once."""
+    cache: dict[str, SnapStructure] = {}
+    if masks is not None:
+        cache["structure"] = snap_structure(config, masks, n)
+    wiring = cells.cell_wiring(config.kind)
+    k = config.hidden_size
+
+    def get_structure(masks_now) -> SnapStructure:
+        if "structure" not in cache:
+            try:
+                cache["structure"] = snap_structure(config, masks_now, n)
+            except (
+                jax.errors.TracerArrayConversionError,
+                jax.errors.ConcretizationTypeError,
+            ) as err:
+                raise ConfigError(
+                    f"snap{n} needs concrete masks to build its pattern: pass masks= to "
+                    "make_estimator or call init_traces outside jit"
+                ) from err
+        return cache["structure"]
+
+    def init_traces(params, masks, readout_params, state_S):
+        structure = get_structure(masks)
+        width = structure.entries.shape[1]
+        influence = {}
+        for name, leaf in params.items():
+            rows = _gather_columns(structure, name, _as_rows(leaf))
+            gates, units, cols = rows.shape  # stored unit-major: (k, G, C, K)
+            influence[name] = jnp.zeros((units, gates, cols, width), leaf.dtype)
+        return {**_base_traces(params, readout_params), "influence": influence}
+
+    def local_jacobian(params, masks, state_S, x_I, structure):
+        """D_t restricted to each unit's kept entries: (k, K, K), from the cell's rec/element-wise split."""
+        rec_GxK = cells.recurrent_preactivation(config, params, masks, state_S)
+
+        def update(rec, s):
+            return cells.cell_update(config, params, masks, rec, s, x_I)
+
+        _, linear = jax.linearize(update, rec_GxK, state_S)
+        gates, comps = wiring.num_gates, wiring.num_components
+        gate_tangents = jnp.broadcast_to(
+            jnp.eye(gates, dtype=rec_GxK.dtype)[:, :, None], (gates, gates, k)
+        )
+        d_new_d_rec_GxS = jax.vmap(lambda t: linear(t, jnp.zeros_like(state_S)))(gate_tangents)
+        comp_tangents = jnp.repeat(jnp.eye(comps, dtype=state_S.dtype), k, axis=1)  # (B, S)
+        d_new_d_elem_BxS = jax.vmap(lambda t: linear(jnp.zeros_like(rec_GxK), t))(comp_tangents)
+        entries = jnp.asarray(structure.entries)
+        comp_of, unit_of = entries // k, entries % k
+        weights_GxKxK = params["w_h"] * masks["w_h"]
+        rec_term = (
+            jnp.einsum(
+                "gua,guac->uac",
+                d_new_d_rec_GxS[:, entries],
+                weights_GxKxK[:, unit_of[:, :, None], unit_of[:, None, :]],
+            )
+            * (comp_of == 0)[:, None, :]
+        )
+        same_unit = unit_of[:, :, None] == unit_of[:, None, :]
+        elem_term = jnp.where(
+            same_unit, d_new_d_elem_BxS[comp_of[:, None, :], entries[:, :, None]], 0.0
+        )
+        valid = jnp.asarray(structure.entry_valid, state_S.dtype)
+        return (rec_term + elem_term) * valid[:, :, None] * valid[:, None, :]
+
+    def step(params, masks, readout_params, state_S, traces, x_I, y, rng):
+        del rng
+        structure = get_structure(masks)
+        width = structure.entries.shape[1]
+        new_S, vjp = jax.vjp(lambda p: cells.cell_step(config, p, masks, state_S, x_I), params)
+        comp_cotangents = jnp.repeat(jnp.eye(wiring.num_components, dtype=state_S.dtype), k, axis=1)
+        immediate_by_comp = [vjp(c)[0] for c in comp_cotangents]  # I_t[(b, u), θ] for θ of unit u
+        d_local_KxKxK = local_jacobian(params, masks, state_S, x_I, structure)
+        self_pos = jnp.asarray(structure.self_pos, state_S.dtype)  # (B, k, K)
+        gate_keep = jnp.asarray(structure.gate_keep, state_S.dtype)  # (G, k, K)
+        loss, grad_ro, delta_S = _readout_value_and_grads(
+            config, readout_loss, readout_params, new_S, y
+        )
+        delta_local = delta_S[jnp.asarray(structure.entries)] * jnp.asarray(
+            structure.entry_valid, state_S.dtype
+        )
+        influence, grad_cell = {}, {}
+        for name, leaf in params.items():
+            old = traces["influence"][name]  # (k, G, C, K): unit-major, so D's blocks batch cleanly
+            if width == 1:
+                carried = old * d_local_KxKxK[:, None, None, :, 0]
+            elif width <= 4:  # tiny blocks (LSTM SnAp-1): unrolled multiply-adds
+                carried = sum(
+                    d_local_KxKxK[:, None, None, :, b] * old[..., b : b + 1] for b in range(width)
+                )
+            else:
+                carried = jnp.einsum("uab,ugcb->ugca", d_local_KxKxK, old)
+            immediate = sum(
+                jnp.swapaxes(_gather_columns(structure, name, _as_rows(imm[name])), 0, 1)[..., None]
+                * self_pos[b][:, None, None, :]
+                for b, imm in enumerate(immediate_by_comp)
+            )
+            keep = jnp.swapaxes(gate_keep, 0, 1)[:, :, None, :]
+            if name in structure.columns:
+                col_valid = jnp.asarray(structure.columns[name][1], state_S.dtype)
+                keep = keep * jnp.swapaxes(col_valid, 0, 1)[..., None]
+            new = (carried + immediate) * keep
+            influence[name] = new
+            if width <= 4:
+                grad_UxGxC = sum(new[..., a] * delta_local[:, None, None, a] for a in range(width))
+            else:
+                grad_UxGxC = jnp.einsum("ugca,ua->ugc", new, delta_local)
+            grad_rows = jnp.swapaxes(grad_UxGxC, 0, 1)
+            grad_cell[name] = _scatter_columns(structure, name, grad_rows, leaf)
+        new_traces = _accumulate({**traces, "influence": influence}, grad_cell, grad_ro)
+        return (
+            new_S,
+            new_traces,
+            (new_traces["grad_cell"], new_traces["grad_readout"]),
+            loss,
+            jnp.array(True),
+        )
+
+    estimator = Estimator(f"snap{n}", init_traces, step, _consume, _reset)
+    return estimator
+
+
+# ----------------------------------------------------------------------------------------------- UORO
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree)))
+
+
+def _make_uoro(config: CellConfig, readout_loss: ReadoutLoss, epsilon: float) -> Estimator:
+    """UORO (Tallec & Ollivier 2018, Alg. 1): J_t ≈ s̃_t θ̃_tᵀ, unbiased; ν is Rademacher."""
+
+    def init_traces(params, masks, readout_params, state_S):
+        return {
+            **_base_traces(params, readout_params),
+            "s_tilde": jnp.zeros_like(state_S),
+            "theta_tilde": _zeros_like(params),
+        }
+
+    def step(params, masks, readout_params, state_S, traces, x_I, y, rng):
+        s_tilde, theta_tilde = traces["s_tilde"], traces["theta_tilde"]
+        new_S, d_s_tilde = jax.jvp(
+            lambda s: cells.cell_step(config, params, masks, s, x_I), (state_S,), (s_tilde,)
+        )
+        _, vjp = jax.vjp(lambda p: cells.cell_step(config, p, masks, state_S, x_I), params)
+        nu_S = jax.random.rademacher(rng, state_S.shape, state_S.dtype)
+        nu_immediate = vjp(nu_S)[0]
+        rho0 = jnp.sqrt(
+            (_global_norm(theta_tilde) + epsilon) / (jnp.linalg.norm(d_s_tilde) + epsilon)
+        )
+        rho1 = jnp.sqrt((_global_norm(nu_immediate) + epsilon) / (jnp.linalg.norm(nu_S) + epsilon))
+        new_s_tilde = rho0 * d_s_tilde + rho1 * nu_S
+        new_theta_tilde = jax.tree.map(lambda t, b: t / rho0 + b / rho1, theta_tilde, nu_immediate)
+        loss, grad_ro, delta_S = _readout_value_and_grads(
+            config, readout_loss, readout_params, new_S, y
+        )
+        scale = jnp.dot(delta_S, new_s_tilde)
+        grad_cell = jax.tree.map(lambda t: scale * t, new_theta_tilde)
+        new_traces = _accumulate(
+            {**traces, "s_tilde": new_s_tilde, "theta_tilde": new_theta_tilde}, grad_cell, grad_ro
+        )
+        return (
+            new_S,
+            new_traces,
+            (new_traces["grad_cell"], new_traces["grad_readout"]),
+            loss,
+            jnp.array(True),
+        )
+
+    return Estimator("uoro", init_traces, step, _consume, _reset)
+
+
+# ----------------------------------------------------------------------------------------------- factory
+
+
+def make_estimator(
+    name: str,
+    cell_config: CellConfig,
+    *,
+    readout_loss: ReadoutLoss,
+    truncation: int = 0,
+    masks=None,
+    uoro_epsilon: float = 1e-7,
+) -> Estimator:
+    """Build the estimator `name` (one of ESTIMATORS, or "snapN" for any N >= 1)."""
+    if name in ("bptt", "tbptt"):
+        if truncation < 1:
+            raise ConfigError(
+                f"estimator {name!r} needs truncation >= 1 (the window length in steps)"
+            )
+        return _make_tbptt(name, cell_config, readout_loss, truncation)
+    if name == "rtrl":
+        return _make_rtrl(cell_config, readout_loss)
+    if name == "uoro":
+        return _make_uoro(cell_config, readout_loss, uoro_epsilon)
+    match = re.fullmatch(r"snap([1-9][0-9]*)", name)
+    if match:
+        return _make_snap(cell_config, readout_loss, int(match.group(1)), masks)
+    raise ConfigError(f"estimator must be one of {ESTIMATORS} (or snapN), got {name!r}")

@@ -1,0 +1,1 @@
+"""SnAp / RTRL / UORO / BPTT online-training experiments (Menick et al. 2021)."""

@@ -1,0 +1,236 @@
+"""The SnAp online loop: traces across updates and resets, online vs per-sequence, resume, CLI."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import read_jsonl
+
+from configs import snap as snap_configs
+from deepgen.snap import cells, estimators
+from experiments import main as entry
+from experiments.snap import train as snap_train
+
+SMOKE = "--config=configs/snap.py:smoke"
+
+
+def _config(variant="smoke", **overrides):
+    config = snap_configs.get_config(variant)
+    config.unlock()
+    for path, value in overrides.items():
+        node = config
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    config.lock()
+    snap_train.validate(config)
+    return config
+
+
+def _leaves_equal(a, b) -> bool:
+    return all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_traces_persist_across_online_updates_and_reset_with_the_state():
+    config = _config("charlm_smoke", **{"data.seq_len": 3})  # crops of 3 predictions, SnAp-1
+    experiment = snap_train.Experiment(config)
+    model, masks = experiment.model, experiment.masks
+    base_rng = jax.random.wrap_key_data(experiment.step_rng_data)
+    step = jax.jit(functools.partial(snap_train.time_step, model))
+    estimator_step = jax.vmap(model.estimator.step, in_axes=(None, None, None, 0, 0, 0, 0, 0))
+
+    @jax.jit
+    def by_hand(carry):
+        """The estimator step alone (no update, no reset) from the same carry."""
+        x, y, w = model.task.token(carry.episode, experiment.data_tokens)
+        rngs = jax.random.split(jax.random.key(0), model.batch)  # SnAp-1 uses no randomness
+        return estimator_step(
+            carry.params, masks, carry.readout, carry.state_BxS, carry.traces, x, (y, w), rngs
+        )
+
+    carry = experiment.init_carry()
+    for t in range(2):  # two online updates inside the first episode
+        state, traces, _, _, _ = by_hand(carry)
+        new_carry, step_metrics = step(masks, base_rng, carry, experiment.data_tokens)
+        assert float(step_metrics["updates"]) == 1.0
+        assert not _leaves_equal(new_carry.params, carry.params)
+        # influence traces carry on across the update; only the gradient accumulator is consumed
+        assert _leaves_equal(new_carry.traces["influence"], traces["influence"])
+        assert sum(np.abs(leaf).sum() for leaf in jax.tree.leaves(traces["influence"])) > 0
+        assert all(not np.any(g) for g in jax.tree.leaves(new_carry.traces["grad_cell"]))
+        np.testing.assert_array_equal(new_carry.state_BxS, state)
+        assert int(new_carry.episode.position) == t + 1
+        carry = new_carry
+    carry, step_metrics = step(masks, base_rng, carry, experiment.data_tokens)  # the episode ends
+    assert float(step_metrics["updates"]) == 1.0 and int(carry.episode.position) == 0
+    assert all(not np.any(leaf) for leaf in jax.tree.leaves(carry.traces))
+    assert not np.any(carry.state_BxS)
+
+
+def _train_chunks(config, num_chunks):
+    experiment = snap_train.Experiment(config)
+    chunk_fn = experiment.chunk_fn(int(config.train.chunk_steps))
+    carry = experiment.init_carry()
+    for _ in range(num_chunks):
+        carry, sums = chunk_fn(
+            carry, experiment.masks, experiment.data_tokens, experiment.step_rng_data
+        )
+    return carry, sums
+
+
+def test_online_with_a_huge_update_interval_equals_per_sequence_updates():
+    online, online_sums = _train_chunks(_config(**{"train.update_every": 10**9}), 2)
+    offline, offline_sums = _train_chunks(_config(**{"train.online": False}), 2)
+    assert _leaves_equal((online.params, online.readout), (offline.params, offline.readout))
+    assert online_sums["updates"] == offline_sums["updates"] < 16  # one per 3-step+ episode
+
+
+@pytest.mark.parametrize("name", ["bptt", "tbptt"])
+def test_end_of_sequence_closes_the_partial_bptt_window(name):
+    """Steps of (truncated) BPTT plus the end-of-sequence flush give exact BPTT gradients."""
+    config = cells.CellConfig("gru", input_size=3, hidden_size=5, density=0.6)
+    params, masks = cells.init_cell(config, jax.random.key(0))
+    readout = snap_train.init_readout(jax.random.key(1), 5, 2)
+    window = 16 if name == "bptt" else 8  # bptt: one window longer than the sequence
+    estimator = estimators.make_estimator(
+        name, config, readout_loss=snap_train.readout_loss, truncation=window
+    )
+    estimator_step = jax.jit(estimator.step)
+    steps = 11  # one full window of 8, then 3 steps left open at the end of the sequence
+    xs = jax.random.normal(jax.random.key(2), (steps, 3))
+    ys = (jax.random.randint(jax.random.key(3), (steps,), 0, 2), jnp.linspace(0.5, 1.5, steps))
+    state = cells.initial_state(config)
+    traces = estimator.init_traces(params, masks, readout, state)
+    for t in range(steps):
+        y = (ys[0][t], ys[1][t])
+        state, traces, grads, _, _ = estimator_step(
+            params, masks, readout, state, traces, xs[t], y, None
+        )
+    flush = jax.jit(functools.partial(snap_train.truncated_window_grads, config))
+    pending = flush(params, masks, traces)
+    cell_grads = jax.tree.map(jnp.add, grads[0], pending)
+    if name == "bptt":  # one window covers the whole sequence: exact BPTT
+        (want_cell, want_readout), _ = estimators.bptt_gradients(
+            config,
+            params,
+            masks,
+            readout,
+            cells.initial_state(config),
+            xs,
+            ys,
+            snap_train.readout_loss,
+        )
+    else:  # two windows: BPTT of the first 8 steps plus BPTT of the last 3 from the carried state
+        (cell_a, ro_a), _ = estimators.bptt_gradients(
+            config,
+            params,
+            masks,
+            readout,
+            cells.initial_state(config),
+            xs[:8],
+            (ys[0][:8], ys[1][:8]),
+            snap_train.readout_loss,
+        )
+        state8 = jax.lax.scan(
+            lambda s, x: (cells.cell_step(config, params, masks, s, x),) * 2,
+            cells.initial_state(config),
+            xs[:8],
+        )[0]
+        (cell_b, ro_b), _ = estimators.bptt_gradients(
+            config,
+            params,
+            masks,
+            readout,
+            state8,
+            xs[8:],
+            (ys[0][8:], ys[1][8:]),
+            snap_train.readout_loss,
+        )
+        want_cell = jax.tree.map(jnp.add, cell_a, cell_b)
+        want_readout = jax.tree.map(jnp.add, ro_a, ro_b)
+    for got, want in zip(
+        jax.tree.leaves((cell_grads, grads[1])),
+        jax.tree.leaves((want_cell, want_readout)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
+    experiment = snap_train.Experiment(_config())  # one compilation for the three runs
+    whole = snap_train.train(_config(), str(tmp_path / "whole"), experiment=experiment)
+    half = _config(**{"train.num_steps": 32})  # stops half way, as an interrupted run would
+    snap_train.train(half, str(tmp_path / "split"), experiment=experiment)
+    resumed = snap_train.train(_config(), str(tmp_path / "split"), experiment=experiment)
+    assert int(resumed.step) == int(whole.step) == 64
+    assert _leaves_equal(resumed, whole)
+    train_bits = lambda d: [
+        r["bits_per_char"] for r in read_jsonl(d / "metrics.jsonl") if r["split"] == "train"
+    ]
+    assert train_bits(tmp_path / "split") == train_bits(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("name", estimators.ESTIMATORS)
+def test_every_estimator_trains_evaluates_and_samples_through_main(tmp_path, name):
+    workdir = tmp_path / name
+    args = [
+        "main",
+        SMOKE,
+        f"--workdir={workdir}",
+        f"--config.estimator.name={name}",
+        "--config.estimator.truncation=4",
+    ]
+    assert entry.run(args) == 0
+    records = read_jsonl(workdir / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "train"] == [16, 32, 48, 64]
+    assert entry.run([*args, "--mode=eval"]) == 0
+    report = json.loads((workdir / "eval.json").read_text())
+    assert report["tokens_trained"] == 64 * 4 and report["estimator"] == name
+    assert report["copy_length_reached"] >= 1 and 0 <= report["copy_exact_fraction"] <= 1
+    assert np.isfinite(report["copy_bits_per_char_at_length"])
+    assert entry.run([*args, "--mode=sample"]) == 0
+    lines = (workdir / "samples" / "copy_step64.txt").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith("input ")
+
+
+def test_charlm_trains_evaluates_and_samples(tmp_path):
+    workdir = tmp_path / "lm"
+    args = [
+        "main",
+        "--config=configs/snap.py:charlm_smoke",
+        f"--workdir={workdir}",
+        "--config.model.density=0.5",
+        "--config.estimator.name=snap2",
+        "--config.train.num_steps=128",
+    ]
+    assert entry.run(args) == 0
+    bits = [
+        r["bits_per_char"] for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"
+    ]
+    assert bits[-1] < bits[0]
+    assert entry.run([*args, "--mode=eval"]) == 0
+    report = json.loads((workdir / "eval.json").read_text())
+    assert report["split"] == "validation" and report["num_chars"] == 8 * 16
+    assert report["tokens_trained"] == 128 * 4
+    assert 0 < report["bits_per_char"] < 6 and report["bits_per_char_stderr"] > 0
+    assert entry.run([*args, "--mode=sample"]) == 0
+    lines = (workdir / "samples" / "samples_step128.txt").read_text().splitlines()
+    assert len(lines) == 2 and all(line.startswith("the ") and len(line) == 44 for line in lines)
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    base = ["main", SMOKE, f"--workdir={tmp_path / 'w'}"]
+    assert entry.run([*base, "--config.estimator.name=rtrl", "--config.model.hidden_size=512"]) == 2
+    err = capsys.readouterr().err
+    assert "GiB of influence matrices" in err and err.count("\n") == 1
+    assert entry.run([*base, "--config.model.cell=rnn"]) == 2
+    assert "one of ('vanilla', 'gru', 'lstm')" in capsys.readouterr().err
+    assert entry.run([*base, "--config.task=charlm"]) == 2  # data.name is still 'copy'
+    assert "data.name" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
