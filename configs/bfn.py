@@ -83,6 +83,7 @@ def _mnist() -> ConfigDict:
     config.sample = ConfigDict()
     config.sample.num_images = 64
     config.sample.n_steps = 100
+    config.sample.solver = "bfn"  # BFN-Solver (Xue et al. 2024): "sde1", "sde2", "ode1", "ode2"
     config.sample.inpaint = ""  # "top_half": complete the top halves of test digits
     return config
 
@@ -160,6 +161,7 @@ def _text8() -> ConfigDict:
     config.sample = ConfigDict()
     config.sample.num_images = 8  # sequences
     config.sample.n_steps = 100
+    config.sample.solver = "bfn"  # BFN-Solver (Xue et al. 2024): "sde1", "sde2", "ode1", "ode2"
     config.sample.prompt = ""  # a text8-style prefix every sample starts with (infilling)
     return config
 
@@ -246,6 +248,7 @@ def _cifar10(num_bins: int, output: str) -> ConfigDict:
     config.sample = ConfigDict()
     config.sample.num_images = 64
     config.sample.n_steps = 100
+    config.sample.solver = "bfn"  # BFN-Solver (Xue et al. 2024): "sde1", "sde2", "ode1", "ode2"
     config.sample.inpaint = ""  # "top_half": complete the top halves of test images
     return config
 

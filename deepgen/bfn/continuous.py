@@ -25,7 +25,7 @@ not needed. All losses here are per data dimension: the caller sums over an exam
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import log_ndtr
+from jax.scipy.special import log_ndtr, ndtr
 
 MIN_STD = 1e-3
 MAX_STD = 10.0
@@ -198,6 +198,20 @@ def discretised_output(
 def discretised_mean(probs_xK: jax.Array) -> jax.Array:
     """E[k_c] = sum_k p_k k_c, the point estimate that L^inf uses for discretised data."""
     return jnp.sum(probs_xK * bin_centres(probs_xK.shape[-1]), axis=-1)
+
+
+def discretised_normal_mean(mean: jax.Array, std: jax.Array, *, num_bins: int) -> jax.Array:
+    """E[k_c] of N(mean, std) discretised into K bins (tails to the edge bins), without the masses.
+
+    Summation by parts: sum_k k_c P(k) = k_c(K) - (2/K) sum_{j=1}^{K-1} Phi((e_j - mean)/std) with
+    e_j = 2j/K - 1 the inner bin edges, so one normal CDF per edge replaces the K log-masses; it
+    equals discretised_mean(discretised_output(...)) and is what L^inf needs (Sec. 5).
+    """
+    mean_x1 = jnp.asarray(mean, jnp.float32)[..., None]
+    std_x1 = jnp.asarray(std, jnp.float32)[..., None]
+    edges_E = 2.0 * jnp.arange(1, num_bins, dtype=jnp.float32) / num_bins - 1.0
+    cdf_sum = jnp.sum(ndtr((edges_E - mean_x1) / std_x1), axis=-1)
+    return _centre(jnp.float32(num_bins - 1), num_bins) - (2.0 / num_bins) * cdf_sum
 
 
 def discretised_log_prob(x: jax.Array, probs_xK: jax.Array) -> jax.Array:

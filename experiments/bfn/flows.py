@@ -20,6 +20,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from deepgen.bfn import continuous, discrete, sampler
+from deepgen.bfn import solver as bfn_solver
 
 # (params, inputs, t_B, *, train, rng) -> the network's raw outputs.
 NetworkFn = Callable[..., jax.Array]
@@ -120,10 +121,29 @@ class DiscreteFlow:
         n_steps: int,
         known_mask: jax.Array,
         known_values: jax.Array,
+        solver: str = "bfn",
     ) -> tuple[jax.Array, jax.Array]:
-        """(class indices, p_O at t = 1 of shape ...xK); known positions are clamped."""
+        """(class indices, p_O at t = 1 of shape ...xK); known positions are clamped.
+
+        solver "bfn" is the paper's sampler; "sde1", "sde2", "ode1", "ode2" are BFN-Solver's
+        first- and second-order SDE and ODE solvers (Xue et al. 2024, deepgen/bfn/solver.py).
+        """
+        log_probs_fn = lambda theta, t_B, r: self.log_probs(params, theta, t_B, train=False, rng=r)
+        if solver != "bfn":
+            return bfn_solver.sample_discrete(
+                log_probs_fn,
+                rng=rng,
+                batch_size=batch_size,
+                variable_shape=variable_shape,
+                num_classes=self.num_classes,
+                n_steps=n_steps,
+                beta1=self.beta1,
+                solver=solver,
+                known_mask=known_mask,
+                known_values=known_values,
+            )
         return sampler.sample_discrete(
-            lambda theta, t_B, r: self.log_probs(params, theta, t_B, train=False, rng=r),
+            log_probs_fn,
             rng=rng,
             batch_size=batch_size,
             variable_shape=variable_shape,
@@ -180,7 +200,11 @@ class ContinuousFlow:
     def _point_estimate(self, params, mu, t_B, *, train: bool, rng) -> jax.Array:
         """x_hat for L^inf: E[k_c] under p_O for the discretised model, else the data estimate."""
         if self.discretised:
-            return continuous.discretised_mean(self.probs(params, mu, t_B, train=train, rng=rng))
+            out = self._outputs(params, mu, t_B, train=train, rng=rng)
+            mean, std = continuous.discretised_output_params(
+                mu, out[..., 0], out[..., 1], _expand(t_B, mu.ndim), sigma1=self.sigma1
+            )
+            return continuous.discretised_normal_mean(mean, std, num_bins=self.num_bins)
         return self.x_hat(params, mu, t_B, train=train, rng=rng)
 
     def train_loss(self, params: Any, x_BxD: jax.Array, rng: jax.Array, *, train: bool):
@@ -248,6 +272,7 @@ class ContinuousFlow:
         n_steps: int,
         known_mask: jax.Array,
         known_values: jax.Array,
+        solver: str = "bfn",
     ) -> tuple[jax.Array, jax.Array]:
         """(samples in [-1, 1], the t = 1 output: p_O ...xK if discretised, else x_hat)."""
         common = dict(
@@ -259,6 +284,8 @@ class ContinuousFlow:
             known_mask=known_mask,
             known_values=known_values,
         )
+        if solver != "bfn":
+            return self._solver_sample(params, solver=solver, **common)
         if self.discretised:
 
             def output_fn(mu, t_B, r):
@@ -272,6 +299,22 @@ class ContinuousFlow:
 
         x_hat = sampler.sample_continuous(eps_fn, **common)
         # The point model's samples are its final estimates, quantised to the data's bins.
+        return continuous.quantise(x_hat, self.num_bins), x_hat
+
+    def _solver_sample(self, params: Any, *, solver: str, rng: jax.Array, **common):
+        """BFN-Solver on the point estimate x_hat (E[k_c] for the discretised model), then t = 1."""
+        batch_size = common["batch_size"]
+        known_mask, known_values = common["known_mask"], common["known_values"]
+        x_hat_fn = lambda mu, t_B, r: self._point_estimate(params, mu, t_B, train=False, rng=r)
+        mu = bfn_solver.integrate_continuous(x_hat_fn, rng=rng, solver=solver, **common)
+        t1_B = jnp.ones((batch_size,), jnp.float32)
+        rng1 = jax.random.fold_in(rng, common["n_steps"] + 1)
+        if self.discretised:
+            probs = self.probs(params, mu, t1_B, train=False, rng=rng1)
+            centres = continuous.bin_centres(self.num_bins)[jnp.argmax(probs, axis=-1)]
+            return jnp.where(known_mask, known_values, centres), probs
+        x_hat = self.x_hat(params, mu, t1_B, train=False, rng=rng1)
+        x_hat = jnp.where(known_mask, known_values, x_hat)
         return continuous.quantise(x_hat, self.num_bins), x_hat
 
 

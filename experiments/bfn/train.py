@@ -34,6 +34,8 @@ from experiments.bfn.flows import make_flow
 
 log = logging.getLogger(__name__)
 
+SAMPLE_SOLVERS = ("bfn", "sde1", "sde2", "ode1", "ode2")
+
 
 def validate(config: ConfigDict) -> None:
     """Check values the config types cannot: one ConfigError naming the field and what is allowed."""
@@ -64,6 +66,11 @@ def validate(config: ConfigDict) -> None:
     require(config.eval.split in mnist.SPLITS, "eval.split", f"one of {mnist.SPLITS}")
     require(config.sample.n_steps > 0, "sample.n_steps", "a positive integer")
     require(config.sample.num_images > 0, "sample.num_images", "a positive integer")
+    require(
+        config.sample.get("solver", "bfn") in SAMPLE_SOLVERS,
+        "sample.solver",
+        f"one of {SAMPLE_SOLVERS} (bfn: the paper's sampler; the rest: BFN-Solver)",
+    )
 
 
 def _check_divisible(value: int, field: str) -> None:
@@ -254,6 +261,7 @@ class Experiment:
         n_steps: int,
         rng: jax.Array,
         known: tuple[np.ndarray, np.ndarray] | None = None,
+        solver: str = "bfn",
     ) -> tuple[np.ndarray, np.ndarray]:
         """n-step samples and the t = 1 output probabilities, jitted and sharded over the batch.
 
@@ -277,6 +285,7 @@ class Experiment:
                 n_steps=n_steps,
                 known_mask=known_mask,
                 known_values=known_values,
+                solver=solver,
             )
 
         samples, probs = jax.jit(
@@ -454,8 +463,14 @@ def _run_sample(config: ConfigDict, workdir: str) -> int:
     rng = jax.random.fold_in(jax.random.key(config.seed), 4)
     num_samples = int(config.sample.num_images)
     known = experiment.family.known_positions(num_samples)
+    solver = config.sample.get("solver", "bfn")
     samples, probs = experiment.sample(
-        experiment.eval_params(state), num_samples=num_samples, n_steps=n, rng=rng, known=known
+        experiment.eval_params(state),
+        num_samples=num_samples,
+        n_steps=n,
+        rng=rng,
+        known=known,
+        solver=solver,
     )
     if jax.process_index() == 0:
         written = experiment.family.write_samples(

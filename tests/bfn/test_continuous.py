@@ -340,3 +340,25 @@ def test_discretised_discrete_time_loss_approaches_continuous_time_loss():
     per_draw = np.asarray(per_draw, np.float64)
     std_err = per_draw.std() / math.sqrt(per_draw.size)
     np.testing.assert_allclose(per_draw.mean(), exact_l_n(n), atol=5 * std_err)
+
+
+@pytest.mark.parametrize("num_bins", [16, 256])
+def test_discretised_mean_by_parts_equals_the_mean_of_the_bin_masses(num_bins):
+    keys = jax.random.split(jax.random.key(7), 2)
+    mean = 1.5 * jax.random.normal(keys[0], (500,))
+    std = jnp.exp(jax.random.uniform(keys[1], (500,), minval=-7.0, maxval=1.0))
+    probs = jnp.exp(continuous.discretised_normal_log_probs(mean, std, num_bins=num_bins))
+    np.testing.assert_allclose(
+        continuous.discretised_normal_mean(mean, std, num_bins=num_bins),
+        continuous.discretised_mean(probs),
+        atol=2e-5,
+    )
+    grad_by_parts = jax.grad(
+        lambda m: continuous.discretised_normal_mean(m, std, num_bins=num_bins).sum()
+    )(mean)
+    grad_masses = jax.grad(
+        lambda m: continuous.discretised_mean(
+            jnp.exp(continuous.discretised_normal_log_probs(m, std, num_bins=num_bins))
+        ).sum()
+    )(mean)
+    np.testing.assert_allclose(grad_by_parts, grad_masses, atol=1e-3)

@@ -47,3 +47,9 @@ def test_text8_infilling_keeps_the_prompt(tmp_path):
     lines = (workdir / "samples" / "samples_step10_n10.txt").read_text().splitlines()
     assert len(lines) == 8 and all(line.startswith("the cat ") for line in lines)
     assert all(len(line) == 16 and set(line) <= set(text8.ALPHABET) for line in lines)
+    # The second-order BFN-Solver keeps the prompt too.
+    solver = [*prompt, "--config.sample.solver=ode2"]
+    assert entry.run(["main", SMOKE, f"--workdir={workdir}", *solver]) == 0
+    lines = (workdir / "samples" / "samples_step10_n10.txt").read_text().splitlines()
+    assert len(lines) == 8 and all(line.startswith("the cat ") for line in lines)
+    assert entry.run(["main", SMOKE, f"--workdir={workdir}", "--config.sample.solver=rk4"]) == 2
