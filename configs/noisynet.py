@@ -1,0 +1,265 @@
+"""NoisyNet (Fortunato et al., arXiv:1706.10295): DQN, dueling double DQN and A2C, noisy or not.
+
+Every variant is the NoisyNet agent (config.agent.noisy=True); `--config.agent.noisy=False` gives
+its baseline (epsilon-greedy for DQN/Dueling, entropy bonus for A2C). The *_baseline variants are
+that override spelled out for CartPole.
+
+Variants:
+  dqn_cartpole, dqn_cartpole_baseline          NoisyNet-DQN / DQN on gymnax CartPole-v1.
+  dueling_cartpole, dueling_cartpole_baseline  NoisyNet-Dueling / dueling double DQN on CartPole-v1.
+  a2c_cartpole, a2c_cartpole_baseline          NoisyNet-A2C / A2C on CartPole-v1.
+  {dqn,dueling,a2c}_{breakout,asterix,space_invaders,freeway}
+                                               gymnax MinAtar ("Breakout-MinAtar", ...).
+  atari_dqn, atari_dueling, atari_a2c          ALE Atari (config.env.name, default "ALE/Pong-v5"),
+                                               the paper's hyperparameters (Nature DQN / dueling /
+                                               A3C settings), run by the host loop in
+                                               deepgen/noisynet/atari.py.
+  smoke_dqn, smoke_dueling, smoke_a2c, smoke_atari
+                                               tiny, for tests.
+Units: env steps are agent steps (one action; for Atari 4 frames with frame skip 4);
+agent.target_update_period counts optimisation steps; ckpt.every and train.log_every count chunks.
+agent.sigma0 = 0 means the paper's value for the noise type (0.5 factorised, 0.017 independent).
+"""
+
+from ml_collections import ConfigDict
+
+from configs import common
+
+MINATAR_GAMES = {
+    "breakout": "Breakout-MinAtar",
+    "asterix": "Asterix-MinAtar",
+    "space_invaders": "SpaceInvaders-MinAtar",
+    "freeway": "Freeway-MinAtar",
+}
+
+
+def _base(agent: str) -> ConfigDict:
+    config = common.base_config("noisynet")
+    for unused in ("data", "ema", "mesh", "fsdp_min_size"):
+        del config[unused]
+    for unused in ("num_steps", "batch_size", "eval_every"):
+        del config.train[unused]
+
+    config.env = ConfigDict()
+    config.env.name = "CartPole-v1"
+    config.env.num_envs = 8
+    # ALE only (deepgen/noisynet/atari.py): standard Atari preprocessing.
+    config.env.frame_skip = 4
+    config.env.frame_stack = 4
+    config.env.noop_max = 30
+    config.env.terminal_on_life_loss = False
+    config.env.sticky_action_prob = 0.0
+    config.env.max_episode_frames = 108_000  # 30 minutes of emulator frames
+    config.env.clip_rewards = True  # sign-clip rewards stored in the replay (returns stay raw)
+
+    config.agent = ConfigDict()
+    config.agent.name = agent
+    config.agent.noisy = True
+    config.agent.noise_type = "independent" if agent == "a2c" else "factorised"
+    config.agent.sigma0 = 0.0
+    config.agent.gamma = 0.99
+    config.agent.double = agent == "dueling"
+    config.agent.epsilon_start = 1.0
+    config.agent.epsilon_end = 0.05
+    config.agent.epsilon_decay_steps = 50_000
+    config.agent.epsilon_eval = 0.0
+    config.agent.target_update_period = 500
+    config.agent.learning_starts = 1_000
+    config.agent.env_steps_per_update = 8
+    config.agent.batch_size = 64
+    config.agent.huber_delta = 1.0
+    config.agent.rollout_len = 5
+    config.agent.value_coef = 0.5
+    config.agent.entropy_coef = 0.01
+
+    config.replay = ConfigDict()
+    config.replay.capacity = 50_000
+    config.replay.save_with_checkpoint = True  # ALE host loop: save the replay beside checkpoints
+
+    config.network = ConfigDict()
+    config.network.torso = "mlp"
+    config.network.torso_hidden = (64,)
+    config.network.head_hidden = 64
+    config.network.noisy_torso = True
+
+    config.train.num_seeds = 1
+    config.train.total_env_steps = 100_000
+    config.train.steps_per_chunk = 5_000
+    config.train.log_every = 1
+
+    config.eval = ConfigDict()
+    config.eval.num_episodes = 16
+
+    config.opt.name = "adam"
+    config.opt.lr = 1e-3
+    config.opt.schedule = "constant"
+    config.opt.warmup_steps = 0
+    config.opt.eps = 1e-8
+    config.opt.weight_decay = 0.0
+    config.opt.clip_norm = 10.0
+
+    config.ckpt.every = 10
+    config.ckpt.keep = 2
+    config.ckpt.async_save = False
+    return config
+
+
+def _cartpole_value(agent: str, noisy: bool) -> ConfigDict:
+    """Tuned for NoisyNet-DQN to pass a return of 400 within 250k steps on 2 CPU cores."""
+    config = _base(agent)
+    config.agent.noisy = noisy
+    config.agent.double = True  # the plain max target over-estimates and collapses on CartPole
+    config.agent.target_update_period = 250
+    config.agent.env_steps_per_update = 4
+    config.network.torso_hidden = (128,)
+    config.network.head_hidden = 128
+    config.opt.lr = 5e-4
+    config.opt.schedule = "warmup_cosine"
+    config.train.total_env_steps = 250_000
+    config.train.steps_per_chunk = 10_000
+    return config
+
+
+def _a2c_cartpole(noisy: bool) -> ConfigDict:
+    config = _base("a2c")
+    config.agent.noisy = noisy
+    config.env.num_envs = 16
+    config.agent.rollout_len = 20
+    config.network.torso_hidden = (64,)
+    config.opt.lr = 7e-4
+    config.opt.eps = 1e-5
+    config.opt.clip_norm = 0.5
+    config.train.total_env_steps = 500_000
+    config.train.steps_per_chunk = 16 * 20 * 32
+    return config
+
+
+def _minatar(agent: str, game: str) -> ConfigDict:
+    config = _base(agent)
+    config.env.name = MINATAR_GAMES[game]
+    config.network.torso = "minatar"
+    config.network.torso_hidden = ()
+    config.network.head_hidden = 128
+    if agent == "a2c":
+        config.env.num_envs = 16
+        config.agent.rollout_len = 20
+        config.opt.lr = 2.5e-4
+        config.opt.eps = 1e-5
+        config.opt.clip_norm = 0.5
+        config.train.steps_per_chunk = 16 * 20 * 64
+    else:
+        # MinAtar DQN settings (Young & Tian 2019) with Adam and more parallel environments.
+        config.agent.batch_size = 32
+        config.agent.learning_starts = 5_000
+        config.agent.epsilon_end = 0.1
+        config.agent.epsilon_decay_steps = 100_000
+        config.agent.target_update_period = 1_000
+        config.agent.env_steps_per_update = 4
+        config.replay.capacity = 100_000
+        config.opt.lr = 2.5e-4
+        config.train.steps_per_chunk = 20_000
+    config.train.total_env_steps = 1_000_000
+    config.ckpt.every = 5
+    return config
+
+
+def _atari(agent: str) -> ConfigDict:
+    """The paper's Atari settings (DQN: Mnih et al. 2015; Dueling: Wang et al. 2016; A3C)."""
+    config = _base(agent)
+    config.env.name = "ALE/Pong-v5"
+    config.env.num_envs = 1
+    config.env.terminal_on_life_loss = True
+    config.network.torso = "nature"
+    config.network.torso_hidden = ()
+    config.network.head_hidden = 512
+    config.train.total_env_steps = 50_000_000  # 200M frames
+    config.train.steps_per_chunk = 250_000  # 1M frames per logged chunk
+    config.eval.num_episodes = 30
+    if agent == "a2c":
+        # A3C: 16 actors, n = 5, lr 7e-4, entropy 0.01 (baseline), grad clip 40 -> A2C with clip 0.5.
+        config.env.num_envs = 16
+        config.agent.rollout_len = 5
+        config.opt.lr = 7e-4
+        config.opt.eps = 1e-5
+        config.opt.clip_norm = 40.0
+        config.train.steps_per_chunk = 16 * 5 * 3125
+        return config
+    config.agent.batch_size = 32
+    config.agent.gamma = 0.99
+    config.agent.learning_starts = 50_000
+    config.agent.env_steps_per_update = 4
+    config.agent.target_update_period = 2_500  # 10k agent steps = 40k frames
+    config.agent.epsilon_start = 1.0
+    config.agent.epsilon_end = 0.1
+    config.agent.epsilon_decay_steps = 250_000  # 1M frames
+    config.agent.epsilon_eval = 0.05  # Nature DQN evaluation; NoisyNet ignores epsilon
+    config.replay.capacity = 1_000_000
+    # Nature DQN used RMSProp lr 2.5e-4; deepgen's optimiser factory has Adam: lr and eps as in
+    # Rainbow's Adam settings for DQN-scale TD errors.
+    config.opt.lr = 6.25e-5 if agent == "dueling" else 1e-4
+    config.opt.eps = 1.5e-4
+    config.opt.clip_norm = 10.0
+    config.ckpt.every = 4
+    return config
+
+
+def _smoke(agent: str) -> ConfigDict:
+    config = _base(agent)
+    config.env.num_envs = 4
+    config.network.torso_hidden = (16,)
+    config.network.head_hidden = 16
+    config.agent.batch_size = 16
+    config.agent.learning_starts = 64
+    config.agent.env_steps_per_update = 4
+    config.agent.target_update_period = 20
+    config.agent.rollout_len = 8
+    config.replay.capacity = 1_000
+    config.train.num_seeds = 2
+    config.train.total_env_steps = 1_024
+    config.train.steps_per_chunk = 256
+    config.eval.num_episodes = 4
+    config.ckpt.every = 2
+    return config
+
+
+def _smoke_atari() -> ConfigDict:
+    config = _atari("dqn")
+    config.network.head_hidden = 32
+    config.agent.batch_size = 8
+    config.agent.learning_starts = 64
+    config.agent.target_update_period = 20
+    config.replay.capacity = 2_000
+    config.env.max_episode_frames = 400
+    config.train.num_seeds = 1
+    config.train.total_env_steps = 256
+    config.train.steps_per_chunk = 128
+    config.eval.num_episodes = 1
+    config.ckpt.every = 1
+    return config
+
+
+VARIANTS = {
+    "dqn_cartpole": lambda: _cartpole_value("dqn", True),
+    "dqn_cartpole_baseline": lambda: _cartpole_value("dqn", False),
+    "dueling_cartpole": lambda: _cartpole_value("dueling", True),
+    "dueling_cartpole_baseline": lambda: _cartpole_value("dueling", False),
+    "a2c_cartpole": lambda: _a2c_cartpole(True),
+    "a2c_cartpole_baseline": lambda: _a2c_cartpole(False),
+    **{
+        f"{agent}_{game}": (lambda agent=agent, game=game: _minatar(agent, game))
+        for agent in ("dqn", "dueling", "a2c")
+        for game in MINATAR_GAMES
+    },
+    "atari_dqn": lambda: _atari("dqn"),
+    "atari_dueling": lambda: _atari("dueling"),
+    "atari_a2c": lambda: _atari("a2c"),
+    "smoke_dqn": lambda: _smoke("dqn"),
+    "smoke_dueling": lambda: _smoke("dueling"),
+    "smoke_a2c": lambda: _smoke("a2c"),
+    "smoke_atari": _smoke_atari,
+}
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    """The named variant of the NoisyNet config (see the module docstring)."""
+    return common.select_variant(arg, VARIANTS, config_file="configs/noisynet.py")

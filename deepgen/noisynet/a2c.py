@@ -1,0 +1,294 @@
+"""Advantage actor-critic with parallel environments (A2C) and NoisyNet-A2C, fully jitted.
+
+A2C is the synchronous form of A3C (Mnih et al. 2016, arXiv:1602.01783): A3C's asynchronous
+Hogwild updates from many actor-learner threads have no place in a jitted program, so here
+`num_envs` gymnax environments step in lock-step (vmap) and one gradient step follows each
+rollout of `rollout_len` steps. Kept from A3C: n-step bootstrapped returns
+R_t = r_t + gamma R_{t+1} (bootstrapped with V at the rollout's end), the advantage R_t - V(s_t),
+the policy-gradient and value losses, the entropy bonus and global gradient-norm clipping.
+A3C used shared RMSProp; deepgen.core.optim offers Adam/AdamW/SGD, so the configs use Adam
+(config.opt, with opt.clip_norm as the gradient clipping).
+
+NoisyNet-A2C (Fortunato et al. 2018, arXiv:1706.10295, Sec. 3.1, NoisyNet-A3C): the dense layers
+of deepgen.noisynet.networks.ActorCritic are noisy (independent Gaussian noise in the paper's A3C
+setting, config.agent.noise_type), the entropy bonus is removed (entropy_coef forced to 0), and one
+noise sample is held fixed for a whole rollout, so that the n-step return is consistent; it is
+resampled before the next rollout, i.e. once per optimisation step. One sample is shared by
+all parallel environments of a rollout ("one noise sample per optimisation step"), and the
+learner's loss uses that same sample. Evaluation acts with noise on, a fresh sample each step.
+
+Episode ends follow gymnax 1.0: a terminated step bootstraps with 0, a truncated (time-limit)
+step bootstraps with V of the true next state, info["final_observation"].
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from deepgen.core.errors import ConfigError
+from deepgen.core.optim import make_optimizer
+from deepgen.noisynet.networks import make_actor_critic
+from deepgen.noisynet.trainer import Trainer, evaluate_policy, vmapped_reset, vmapped_step
+
+# (params, obs_BxO, noise_key) -> (logits_BxA, value_B)
+PolicyFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class Runner(NamedTuple):
+    """The parallel environments between rollouts."""
+
+    env_state: Any
+    obs_ExO: jax.Array
+    episode_return_E: jax.Array
+
+
+class Transitions(NamedTuple):
+    """One rollout, time-major: leading axes T (rollout_len) and E (num_envs)."""
+
+    obs_TxExO: jax.Array
+    action_TxE: jax.Array
+    reward_TxE: jax.Array
+    terminated_TxE: jax.Array
+    truncated_TxE: jax.Array
+    next_obs_TxExO: jax.Array  # the true next state s'_t, also where the env auto-reset
+    finished_return_TxE: jax.Array  # the episode's return where it ended at this step, else 0
+
+
+class A2CState(NamedTuple):
+    """Everything one seed's agent carries between chunks; vmappable over seeds."""
+
+    params: Any
+    opt_state: Any
+    runner: Runner
+    rng: jax.Array
+    noise_key: jax.Array  # the noise sample of the latest rollout
+    env_steps: jax.Array
+    updates: jax.Array
+
+
+def nstep_returns(
+    *,
+    reward_TxE: jax.Array,
+    terminated_TxE: jax.Array,
+    truncated_TxE: jax.Array,
+    next_value_TxE: jax.Array,
+    gamma: float,
+) -> jax.Array:
+    """R_t = r_t + gamma (1 - term_t) [V(s'_t) if the episode ended at t or t = T-1, else R_{t+1}]."""
+    ended_TxE = jnp.logical_or(terminated_TxE, truncated_TxE)
+    continuing_TxE = 1.0 - terminated_TxE.astype(jnp.float32)
+
+    def backward(next_return_E, inputs):
+        reward_E, continuing_E, ended_E, next_value_E = inputs
+        follow_E = jnp.where(ended_E, next_value_E, next_return_E)
+        return_E = reward_E + gamma * continuing_E * follow_E
+        return return_E, return_E
+
+    _, returns_TxE = jax.lax.scan(
+        backward,
+        next_value_TxE[-1],
+        (reward_TxE.astype(jnp.float32), continuing_TxE, ended_TxE, next_value_TxE),
+        reverse=True,
+    )
+    return returns_TxE
+
+
+def a2c_loss(
+    *,
+    logits_NxA: jax.Array,
+    value_N: jax.Array,
+    action_N: jax.Array,
+    return_N: jax.Array,
+    value_coef: float,
+    entropy_coef: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """-mean(log pi(a|s) A) + value_coef mean((R - V)^2)/2 - entropy_coef mean(H), A = R - V held fixed."""
+    log_probs_NxA = jax.nn.log_softmax(logits_NxA)
+    log_prob_N = jnp.take_along_axis(log_probs_NxA, action_N[:, None], axis=-1)[:, 0]
+    advantage_N = jax.lax.stop_gradient(return_N - value_N)
+    policy_loss = -jnp.mean(log_prob_N * advantage_N)
+    value_loss = 0.5 * jnp.mean(jnp.square(return_N - value_N))
+    entropy = -jnp.mean(jnp.sum(jnp.exp(log_probs_NxA) * log_probs_NxA, axis=-1))
+    loss = policy_loss + value_coef * value_loss - entropy_coef * entropy
+    metrics = {
+        "loss": loss,
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "advantage_mean": jnp.mean(advantage_N),
+    }
+    return loss, metrics
+
+
+def _policy_fn(network: Any) -> PolicyFn:
+    """Apply the actor-critic network; MinAtar's boolean frames become floats."""
+
+    def policy(params, obs_BxO, noise_key):
+        if obs_BxO.dtype == jnp.bool_:
+            obs_BxO = obs_BxO.astype(jnp.float32)
+        return network.apply(params, obs_BxO, rngs={"noise": noise_key})
+
+    return policy
+
+
+def rollout(
+    params: Any,
+    runner: Runner,
+    noise_key: jax.Array,
+    rng: jax.Array,
+    *,
+    policy: PolicyFn,
+    env: Any,
+    env_params: Any,
+    rollout_len: int,
+) -> tuple[Runner, Transitions]:
+    """Step all environments rollout_len times with one fixed noise sample (lax.scan over time)."""
+
+    def step(runner: Runner, step_rng: jax.Array):
+        act_rng, env_rng = jax.random.split(step_rng)
+        logits_ExA, _ = policy(params, runner.obs_ExO, noise_key)
+        action_E = jax.random.categorical(act_rng, logits_ExA)
+        obs_ExO, env_state, reward_E, terminated_E, truncated_E, info = vmapped_step(
+            env, env_params, env_rng, runner.env_state, action_E
+        )
+        reward_E = reward_E.astype(jnp.float32)
+        ended_E = jnp.logical_or(terminated_E, truncated_E)
+        episode_return_E = runner.episode_return_E + reward_E
+        transition = Transitions(
+            obs_TxExO=runner.obs_ExO,
+            action_TxE=action_E,
+            reward_TxE=reward_E,
+            terminated_TxE=terminated_E,
+            truncated_TxE=truncated_E,
+            next_obs_TxExO=info["final_observation"],
+            finished_return_TxE=jnp.where(ended_E, episode_return_E, 0.0),
+        )
+        runner = Runner(env_state, obs_ExO, jnp.where(ended_E, 0.0, episode_return_E))
+        return runner, transition
+
+    return jax.lax.scan(step, runner, jax.random.split(rng, rollout_len))
+
+
+def make_a2c_trainer(
+    config: ConfigDict, env: Any, env_params: Any, *, network: Any = None
+) -> Trainer:
+    """A2C / NoisyNet-A2C (config.agent.noisy) on a gymnax env; network defaults to N1's actor-critic."""
+    num_envs = int(config.env.num_envs)
+    rollout_len = int(config.agent.rollout_len)
+    steps_per_update = num_envs * rollout_len
+    steps_per_chunk = int(config.train.steps_per_chunk)
+    if num_envs <= 0 or rollout_len <= 0:
+        raise ConfigError("config.env.num_envs and config.agent.rollout_len must be positive")
+    if steps_per_chunk <= 0 or steps_per_chunk % steps_per_update:
+        raise ConfigError(
+            f"config.train.steps_per_chunk={steps_per_chunk} must be a positive multiple of "
+            f"env.num_envs * agent.rollout_len = {steps_per_update}"
+        )
+    updates_per_chunk = steps_per_chunk // steps_per_update
+    total_updates = max(1, math.ceil(int(config.train.total_env_steps) / steps_per_update))
+    noisy = bool(config.agent.noisy)
+    gamma = float(config.agent.gamma)
+    value_coef = float(config.agent.value_coef)
+    entropy_coef = 0.0 if noisy else float(config.agent.entropy_coef)
+    num_actions = int(env.action_space(env_params).n)
+    if network is None:
+        network = make_actor_critic(config, num_actions)
+    policy = _policy_fn(network)
+    optimizer = make_optimizer(config.opt, total_updates)
+
+    def init(rng: jax.Array) -> A2CState:
+        rng, params_rng, noise_rng, env_rng = jax.random.split(rng, 4)
+        obs_ExO, env_state = vmapped_reset(env, env_params, env_rng, num_envs)
+        init_obs = obs_ExO[:1].astype(jnp.float32) if obs_ExO.dtype == jnp.bool_ else obs_ExO[:1]
+        params = network.init({"params": params_rng, "noise": noise_rng}, init_obs)
+        runner = Runner(env_state, obs_ExO, jnp.zeros((num_envs,), jnp.float32))
+        return A2CState(
+            params=params,
+            opt_state=optimizer.init(params),
+            runner=runner,
+            rng=rng,
+            noise_key=noise_rng,
+            env_steps=jnp.zeros((), jnp.int32),
+            updates=jnp.zeros((), jnp.int32),
+        )
+
+    def loss_fn(params, batch: Transitions, return_TxE, noise_key):
+        obs_NxO = batch.obs_TxExO.reshape((steps_per_update, *batch.obs_TxExO.shape[2:]))
+        logits_NxA, value_N = policy(params, obs_NxO, noise_key)
+        return a2c_loss(
+            logits_NxA=logits_NxA,
+            value_N=value_N,
+            action_N=batch.action_TxE.reshape(-1),
+            return_N=return_TxE.reshape(-1),
+            value_coef=value_coef,
+            entropy_coef=entropy_coef,
+        )
+
+    def update(state: A2CState, _):
+        rng, noise_key, rollout_rng = jax.random.split(state.rng, 3)
+        runner, batch = rollout(
+            state.params,
+            state.runner,
+            noise_key,
+            rollout_rng,
+            policy=policy,
+            env=env,
+            env_params=env_params,
+            rollout_len=rollout_len,
+        )
+        next_obs_NxO = batch.next_obs_TxExO.reshape((steps_per_update, *batch.obs_TxExO.shape[2:]))
+        _, next_value_N = policy(state.params, next_obs_NxO, noise_key)
+        return_TxE = nstep_returns(
+            reward_TxE=batch.reward_TxE,
+            terminated_TxE=batch.terminated_TxE,
+            truncated_TxE=batch.truncated_TxE,
+            next_value_TxE=jax.lax.stop_gradient(next_value_N).reshape((rollout_len, num_envs)),
+            gamma=gamma,
+        )
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, return_TxE, noise_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ended_TxE = jnp.logical_or(batch.terminated_TxE, batch.truncated_TxE)
+        metrics = {
+            **metrics,
+            "grad_norm": optax.tree.norm(grads),
+            "episodes": jnp.sum(ended_TxE, dtype=jnp.int32),
+            "return_sum": jnp.sum(batch.finished_return_TxE),
+        }
+        state = A2CState(
+            params=params,
+            opt_state=opt_state,
+            runner=runner,
+            rng=rng,
+            noise_key=noise_key,
+            env_steps=state.env_steps + steps_per_update,
+            updates=state.updates + 1,
+        )
+        return state, metrics
+
+    def train_chunk(state: A2CState) -> tuple[A2CState, dict[str, jax.Array]]:
+        state, per_update = jax.lax.scan(update, state, length=updates_per_chunk)
+        episodes = jnp.sum(per_update.pop("episodes"))
+        return_sum = jnp.sum(per_update.pop("return_sum"))
+        metrics = {name: jnp.mean(values) for name, values in per_update.items()}
+        metrics["env_steps"] = state.env_steps
+        metrics["episodes"] = episodes
+        metrics["mean_episode_return"] = jnp.where(
+            episodes > 0, return_sum / jnp.maximum(episodes, 1), jnp.nan
+        )
+        return state, metrics
+
+    def evaluate(state: A2CState, rng: jax.Array, num_episodes: int) -> jax.Array:
+        def act(obs_NxO: jax.Array, key: jax.Array) -> jax.Array:
+            noise_key, act_key = jax.random.split(key)
+            logits_NxA, _ = policy(state.params, obs_NxO, noise_key)
+            return jax.random.categorical(act_key, logits_NxA)
+
+        return evaluate_policy(env, env_params, act, rng, num_episodes)
+
+    return Trainer(init=init, train_chunk=train_chunk, evaluate=evaluate)

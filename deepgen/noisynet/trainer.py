@@ -1,0 +1,286 @@
+"""Fully jitted training on gymnax environments: acting, replay and learning in one lax.scan.
+
+A Trainer is three pure functions: `init(rng)` (vmappable over seeds), `train_chunk(state)` which
+runs config.train.steps_per_chunk environment steps over config.env.num_envs parallel
+environments, and `evaluate(state, rng, num_episodes)` which returns the first-episode return of
+num_episodes fresh environments with the agent's exploration on (noise on; epsilon_eval for the
+baseline). gymnax `step` resets finished environments itself; the true last observation of an
+episode comes from info["final_observation"], and episode returns are tracked in the carry.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from deepgen.core.errors import ConfigError
+from deepgen.noisynet import dqn
+from deepgen.noisynet.replay import ReplayState, Transition, replay_add, replay_init, replay_sample
+
+AGENTS = ("dqn", "dueling", "a2c")
+
+
+class Trainer(NamedTuple):
+    """The pure functions every jitted gymnax agent provides (see the module docstring)."""
+
+    init: Callable[[jax.Array], Any]
+    train_chunk: Callable[[Any], tuple[Any, dict[str, jax.Array]]]
+    evaluate: Callable[[Any, jax.Array, int], jax.Array]
+
+
+class EpisodeStats(NamedTuple):
+    """Running return per environment, plus sums over episodes finished in the current chunk."""
+
+    running_return_N: jax.Array
+    finished_return_sum: jax.Array
+    finished_count: jax.Array
+
+
+def episode_stats_init(num_envs: int) -> EpisodeStats:
+    """No running returns and nothing finished."""
+    return EpisodeStats(
+        jnp.zeros((num_envs,), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+    )
+
+
+def episode_stats_update(
+    stats: EpisodeStats, reward_N: jax.Array, done_N: jax.Array
+) -> EpisodeStats:
+    """Add this step's rewards; close and count the episodes that ended at this step."""
+    running = stats.running_return_N + reward_N.astype(jnp.float32)
+    return EpisodeStats(
+        jnp.where(done_N, 0.0, running),
+        stats.finished_return_sum + jnp.sum(jnp.where(done_N, running, 0.0)),
+        stats.finished_count + jnp.sum(done_N.astype(jnp.int32)),
+    )
+
+
+def episode_stats_reset_chunk(stats: EpisodeStats) -> EpisodeStats:
+    """Keep the running returns, zero the per-chunk sums."""
+    return EpisodeStats(
+        stats.running_return_N,
+        jnp.zeros_like(stats.finished_return_sum),
+        jnp.zeros_like(stats.finished_count),
+    )
+
+
+def mean_finished_return(stats: EpisodeStats) -> jax.Array:
+    """Mean return of the episodes finished in this chunk, nan if none."""
+    count = stats.finished_count
+    return jnp.where(count > 0, stats.finished_return_sum / jnp.maximum(count, 1), jnp.nan)
+
+
+def vmapped_reset(env, env_params, rng: jax.Array, num_envs: int) -> tuple[jax.Array, Any]:
+    """Reset num_envs environments; returns (obs_NxO, env_state)."""
+    return jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(rng, num_envs), env_params)
+
+
+def vmapped_step(env, env_params, rng: jax.Array, env_state: Any, action_N: jax.Array):
+    """Step num_envs environments (auto-reset); returns gymnax's six outputs with a leading N."""
+    keys = jax.random.split(rng, action_N.shape[0])
+    return jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, env_state, action_N, env_params)
+
+
+def evaluate_policy(
+    env,
+    env_params,
+    policy_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    rng: jax.Array,
+    num_episodes: int,
+) -> jax.Array:
+    """First-episode return of num_episodes environments run for the episode step limit."""
+    key_reset, key_run = jax.random.split(rng)
+    obs, env_state = vmapped_reset(env, env_params, key_reset, num_episodes)
+    max_steps = int(env_params.max_steps_in_episode)
+
+    def body(carry, key):
+        obs, env_state, returns_N, active_N = carry
+        key_act, key_step = jax.random.split(key)
+        action_N = policy_fn(obs, key_act)
+        obs, env_state, reward_N, terminated_N, truncated_N, _ = vmapped_step(
+            env, env_params, key_step, env_state, action_N
+        )
+        returns_N = returns_N + jnp.where(active_N, reward_N.astype(jnp.float32), 0.0)
+        active_N = active_N & ~(terminated_N | truncated_N)
+        return (obs, env_state, returns_N, active_N), None
+
+    init = (
+        obs,
+        env_state,
+        jnp.zeros((num_episodes,), jnp.float32),
+        jnp.ones((num_episodes,), bool),
+    )
+    (_, _, returns_N, _), _ = jax.lax.scan(body, init, jax.random.split(key_run, max_steps))
+    return returns_N
+
+
+class DQNTrainerState(NamedTuple):
+    """Everything one seed's DQN run carries from chunk to chunk (checkpointed as a whole)."""
+
+    learner: dqn.LearnerState
+    replay: ReplayState
+    env_state: Any
+    obs: jax.Array
+    stats: EpisodeStats
+    act_key: jax.Array
+    rng: jax.Array
+    env_steps: jax.Array
+    iteration: jax.Array
+
+
+def update_schedule(num_envs: int, env_steps_per_update: int) -> tuple[int, int]:
+    """(updates per scan iteration, iterations between updates) for the configured replay ratio."""
+    if env_steps_per_update <= num_envs:
+        if num_envs % env_steps_per_update:
+            raise ConfigError(
+                f"config.agent.env_steps_per_update={env_steps_per_update} must divide "
+                f"config.env.num_envs={num_envs} (or be a multiple of it)"
+            )
+        return num_envs // env_steps_per_update, 1
+    if env_steps_per_update % num_envs:
+        raise ConfigError(
+            f"config.agent.env_steps_per_update={env_steps_per_update} must be a multiple of "
+            f"config.env.num_envs={num_envs} (or divide it)"
+        )
+    return 1, env_steps_per_update // num_envs
+
+
+def make_dqn_trainer(config: ConfigDict, env, env_params) -> Trainer:
+    """DQN / dueling double DQN, noisy or epsilon-greedy, as a Trainer."""
+    num_actions = int(env.action_space(env_params).n)
+    agent = dqn.make_dqn_agent(config, num_actions)
+    num_envs = int(config.env.num_envs)
+    noisy = bool(config.agent.noisy)
+    batch_size = int(config.agent.batch_size)
+    learning_starts = max(int(config.agent.learning_starts), batch_size)
+    updates_per_iteration, learn_every = update_schedule(
+        num_envs, int(config.agent.env_steps_per_update)
+    )
+    iterations = int(config.train.steps_per_chunk) // num_envs
+
+    def init(rng: jax.Array) -> DQNTrainerState:
+        key_net, key_env, key_act, key_run = jax.random.split(rng, 4)
+        obs, env_state = vmapped_reset(env, env_params, key_env, num_envs)
+        learner = agent.init(key_net, obs[:1])
+        example = Transition(
+            obs[0],
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.float32),
+            obs[0],
+            jnp.zeros((), jnp.float32),
+        )
+        return DQNTrainerState(
+            learner=learner,
+            replay=replay_init(example, int(config.replay.capacity)),
+            env_state=env_state,
+            obs=obs,
+            stats=episode_stats_init(num_envs),
+            act_key=key_act,
+            rng=key_run,
+            env_steps=jnp.zeros((), jnp.int32),
+            iteration=jnp.zeros((), jnp.int32),
+        )
+
+    def learn_updates(learner: dqn.LearnerState, replay: ReplayState, rng: jax.Array):
+        def one(learner, key):
+            key_sample, key_learn = jax.random.split(key)
+            batch = replay_sample(replay, key_sample, batch_size)
+            return agent.learn(learner, batch, key_learn)
+
+        learner, metrics = jax.lax.scan(one, learner, jax.random.split(rng, updates_per_iteration))
+        return learner, jax.tree.map(jnp.sum, metrics)
+
+    metric_names = ("loss", "grad_norm", "q_mean", "q_max")
+
+    def iteration_step(carry, _):
+        state, sums = carry
+        rng, key_next_act, key_step, key_learn = jax.random.split(state.rng, 4)
+        epsilon = agent.epsilon(state.env_steps)
+        action_N = agent.act(state.learner.params, state.obs, state.act_key, epsilon)
+        next_obs, env_state, reward_N, terminated_N, truncated_N, info = vmapped_step(
+            env, env_params, key_step, state.env_state, action_N
+        )
+        transitions = Transition(
+            obs=state.obs,
+            action=action_N,
+            reward=reward_N.astype(jnp.float32),
+            next_obs=info["final_observation"],
+            discount=1.0 - terminated_N.astype(jnp.float32),
+        )
+        replay = replay_add(state.replay, transitions)
+        stats = episode_stats_update(state.stats, reward_N, terminated_N | truncated_N)
+        warm = replay.size >= learning_starts
+        learn_now = warm & (state.iteration % learn_every == 0)
+        zeros = {name: jnp.zeros((), jnp.float32) for name in metric_names}
+        learner, learn_metrics = jax.lax.cond(
+            learn_now,
+            lambda: learn_updates(state.learner, replay, key_learn),
+            lambda: (state.learner, zeros),
+        )
+        # Noisy acting keeps one noise sample between optimisation steps (Sec. 3); before learning
+        # starts, and for epsilon-greedy, every step gets a fresh key.
+        refresh = learn_now | ~warm | (not noisy)
+        act_key = jnp.where(refresh, key_next_act, state.act_key)
+        sums = {
+            **{name: sums[name] + learn_metrics[name] for name in metric_names},
+            "updates": sums["updates"] + jnp.where(learn_now, updates_per_iteration, 0),
+            "epsilon": sums["epsilon"] + epsilon,
+        }
+        new_state = DQNTrainerState(
+            learner=learner,
+            replay=replay,
+            env_state=env_state,
+            obs=next_obs,
+            stats=stats,
+            act_key=act_key,
+            rng=rng,
+            env_steps=state.env_steps + num_envs,
+            iteration=state.iteration + 1,
+        )
+        return (new_state, sums), None
+
+    def train_chunk(state: DQNTrainerState) -> tuple[DQNTrainerState, dict[str, jax.Array]]:
+        state = state._replace(stats=episode_stats_reset_chunk(state.stats))
+        sums = {name: jnp.zeros((), jnp.float32) for name in metric_names}
+        sums["updates"] = jnp.zeros((), jnp.int32)
+        sums["epsilon"] = jnp.zeros((), jnp.float32)
+        (state, sums), _ = jax.lax.scan(iteration_step, (state, sums), None, length=iterations)
+        updates = sums["updates"]
+        per_update = {
+            name: jnp.where(updates > 0, sums[name] / jnp.maximum(updates, 1), jnp.nan)
+            for name in metric_names
+        }
+        metrics = {
+            "env_steps": state.env_steps,
+            "episodes": state.stats.finished_count,
+            "mean_episode_return": mean_finished_return(state.stats),
+            "learn_steps": state.learner.learn_steps,
+            **per_update,
+        }
+        if not noisy:
+            metrics["epsilon"] = sums["epsilon"] / iterations
+        return state, metrics
+
+    def evaluate(state: DQNTrainerState, rng: jax.Array, num_episodes: int) -> jax.Array:
+        epsilon = jnp.asarray(float(config.agent.epsilon_eval), jnp.float32)
+
+        def policy(obs_NxO, key):
+            return agent.act(state.learner.params, obs_NxO, key, epsilon)
+
+        return evaluate_policy(env, env_params, policy, rng, num_episodes)
+
+    return Trainer(init, train_chunk, evaluate)
+
+
+def make_trainer(config: ConfigDict, env, env_params) -> Trainer:
+    """The Trainer for config.agent.name: "dqn", "dueling" (dueling double DQN) or "a2c"."""
+    name = config.agent.name
+    if name in ("dqn", "dueling"):
+        return make_dqn_trainer(config, env, env_params)
+    if name == "a2c":
+        from deepgen.noisynet import a2c  # imported here: a2c.py imports this module
+
+        return a2c.make_a2c_trainer(config, env, env_params)
+    raise ConfigError(f"config.agent.name={name!r} is not one of {AGENTS}")

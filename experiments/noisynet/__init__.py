@@ -1,0 +1,1 @@
+"""NoisyNet experiments: train, evaluate and plot learning curves."""

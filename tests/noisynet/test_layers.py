@@ -1,0 +1,141 @@
+"""NoisyDense: Sec. 3.2 initial values, noise statistics, the factorised shortcut, rng handling."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepgen.noisynet.layers import NoisyDense, signed_sqrt
+
+P, Q = 7, 5
+
+
+def init_params(noise_type: str, p: int = P, q: int = Q, seed: int = 0):
+    layer = NoisyDense(q, noise_type=noise_type)
+    x = jnp.zeros((1, p))
+    keys = {"params": jax.random.PRNGKey(seed), "noise": jax.random.PRNGKey(seed + 1)}
+    return layer, layer.init(keys, x)["params"]
+
+
+def probe_noise(noise_type: str, key: jax.Array, *, p: int = P, q: int = Q):
+    """(eps_w_PxQ, eps_b_Q) the layer draws with `key`: mu = 0, sigma = 1, identity / zero inputs."""
+    layer, params = init_params(noise_type, p, q)
+    ones = {
+        "mu_w": jnp.zeros((p, q)),
+        "sigma_w": jnp.ones((p, q)),
+        "mu_b": jnp.zeros((q,)),
+        "sigma_b": jnp.ones((q,)),
+    }
+    no_bias_noise = {**ones, "sigma_b": jnp.zeros((q,))}
+    eps_w = layer.apply({"params": no_bias_noise}, jnp.eye(p), rngs={"noise": key})
+    eps_b = layer.apply({"params": ones}, jnp.zeros((1, p)), rngs={"noise": key})[0]
+    del params
+    return eps_w, eps_b
+
+
+@pytest.mark.parametrize(
+    ("noise_type", "bound", "sigma"),
+    [
+        ("factorised", 1 / math.sqrt(64), 0.5 / math.sqrt(64)),
+        ("independent", math.sqrt(3 / 64), 0.017),
+    ],
+)
+def test_initial_values_follow_section_3_2(noise_type, bound, sigma):
+    _, params = init_params(noise_type, p=64, q=300)
+    for name in ("mu_w", "mu_b"):
+        mu = np.asarray(params[name])
+        assert np.all(np.abs(mu) <= bound)
+        assert np.abs(mu).max() > 0.95 * bound  # uniform over the whole range, not a narrower one
+    assert abs(np.asarray(params["mu_w"]).std() - bound / math.sqrt(3)) < 0.02 * bound
+    np.testing.assert_allclose(params["sigma_w"], np.full((64, 300), sigma), rtol=1e-6)
+    np.testing.assert_allclose(params["sigma_b"], np.full((300,), sigma), rtol=1e-6)
+
+
+def test_independent_noise_is_standard_normal_per_weight():
+    keys = jax.random.split(jax.random.PRNGKey(3), 4000)
+    eps_w, eps_b = jax.vmap(lambda k: probe_noise("independent", k))(keys)
+    for eps in (np.asarray(eps_w), np.asarray(eps_b)):
+        assert abs(eps.mean()) < 0.02
+        assert abs(eps.var() - 1.0) < 0.03
+    # Different weights are uncorrelated.
+    corr = np.corrcoef(np.asarray(eps_w)[:, 0, 0], np.asarray(eps_w)[:, 1, 0])[0, 1]
+    assert abs(corr) < 0.06
+
+
+def test_factorised_noise_is_a_product_of_signed_square_roots():
+    keys = jax.random.split(jax.random.PRNGKey(4), 4000)
+    eps_w, eps_b = jax.vmap(lambda k: probe_noise("factorised", k))(keys)
+    eps_w, eps_b = np.asarray(eps_w, np.float64), np.asarray(eps_b, np.float64)
+    # eps_b = f(eps_out): E f(x)^2 = E|x| = sqrt(2/pi); eps_w = f(eps_in) f(eps_out): var 2/pi.
+    assert abs(eps_b.mean()) < 0.03 and abs(eps_b.var() - math.sqrt(2 / math.pi)) < 0.03
+    assert abs(eps_w.mean()) < 0.02 and abs(eps_w.var() - 2 / math.pi) < 0.03
+    # Rank one per key, with eps_w[i, j] = f(eps_in[i]) * eps_b[j] (Eqs. 10-11).
+    f_in = eps_w[:, :, 0] / eps_b[:, None, 0]
+    np.testing.assert_allclose(eps_w, f_in[:, :, None] * eps_b[:, None, :], rtol=1e-4, atol=1e-6)
+    # f(eps_in) are signed square roots of standard normals: f_in^2 * sign ~ N(0, 1).
+    raw_in = np.sign(f_in) * f_in**2
+    assert abs(raw_in.mean()) < 0.03 and abs(raw_in.var() - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("noise_type", ["factorised", "independent"])
+def test_noisy_output_equals_the_explicit_noisy_weight_matrix(noise_type):
+    layer, params = init_params(noise_type, seed=5)
+    key = jax.random.PRNGKey(11)
+    x = jax.random.normal(jax.random.PRNGKey(12), (3, P))
+    eps_w, eps_b = probe_noise(noise_type, key)
+    weight = params["mu_w"] + params["sigma_w"] * eps_w
+    bias = params["mu_b"] + params["sigma_b"] * eps_b
+    expected = np.asarray(x, np.float64) @ np.asarray(weight, np.float64) + np.asarray(bias)
+    got = layer.apply({"params": params}, x, rngs={"noise": key})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_factorised_path_never_forms_the_p_by_q_noise_matrix():
+    layer, params = init_params("factorised")
+    x = jnp.ones((3, P))
+    jaxpr = jax.make_jaxpr(lambda p, k: layer.apply({"params": p}, x, rngs={"noise": k}))(
+        params, jax.random.PRNGKey(0)
+    )
+    shapes = [v.aval.shape for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars]
+    assert (P, Q) not in shapes
+    jaxpr_independent = jax.make_jaxpr(
+        lambda p, k: init_params("independent")[0].apply({"params": p}, x, rngs={"noise": k})
+    )(init_params("independent")[1], jax.random.PRNGKey(0))
+    assert (P, Q) in [v.aval.shape for e in jaxpr_independent.jaxpr.eqns for v in e.outvars]
+
+
+@pytest.mark.parametrize("noise_type", ["factorised", "independent"])
+def test_keys_decide_the_noise_and_use_noise_false_gives_the_mean_weights(noise_type):
+    layer, params = init_params(noise_type)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, P))
+
+    def apply(seed):
+        return layer.apply({"params": params}, x, rngs={"noise": jax.random.PRNGKey(seed)})
+
+    np.testing.assert_array_equal(apply(7), apply(7))
+    assert not np.allclose(apply(7), apply(8))
+    mean = layer.apply({"params": params}, x, use_noise=False)
+    np.testing.assert_allclose(mean, x @ params["mu_w"] + params["mu_b"], rtol=1e-6)
+    # Averaged over many noise draws the output tends to the mean-weight output.
+    draws = jax.vmap(lambda k: layer.apply({"params": params}, x, rngs={"noise": k}))(
+        jax.random.split(jax.random.PRNGKey(2), 3000)
+    )
+    np.testing.assert_allclose(np.mean(draws, axis=0), mean, atol=0.05)
+
+
+@pytest.mark.parametrize("noise_type", ["factorised", "independent"])
+def test_per_example_noise_draws_one_sample_per_row(noise_type):
+    layer, params = init_params(noise_type)
+    x = jnp.ones((6, P))
+    key = {"noise": jax.random.PRNGKey(3)}
+    shared = layer.apply({"params": params}, x, rngs=key)
+    np.testing.assert_allclose(shared, np.broadcast_to(shared[0], shared.shape), rtol=1e-6)
+    per_row = layer.apply({"params": params}, x, per_example_noise=True, rngs=key)
+    assert len({tuple(np.round(np.asarray(r), 5)) for r in per_row}) == 6
+
+
+def test_signed_sqrt():
+    x = jnp.array([-4.0, -0.25, 0.0, 0.25, 9.0])
+    np.testing.assert_allclose(signed_sqrt(x), [-2.0, -0.5, 0.0, 0.5, 3.0])

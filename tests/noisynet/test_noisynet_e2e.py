@@ -1,0 +1,97 @@
+"""NoisyNet end to end through experiments.main: train, eval, sample, resume, config errors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import read_jsonl
+
+from experiments import main as entry
+
+EVAL_FIELDS = {
+    "mean_return",
+    "mean_return_stderr",
+    "num_episodes",
+    "num_seeds",
+    "env",
+    "agent",
+    "noisy",
+    "env_steps_trained",
+    "time",
+}
+
+
+def train_records(workdir) -> list[dict]:
+    return [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
+
+
+def run_modes(variant: str, workdir, *extra: str, modes=("train", "eval", "sample")) -> None:
+    for mode in modes:
+        args = ["main", f"--config=configs/noisynet.py:{variant}", f"--workdir={workdir}"]
+        assert entry.run([*args, f"--mode={mode}", *extra]) == 0, mode
+
+
+def check_outputs(workdir, *, agent: str, noisy: bool, env_steps: int, seeds: int = 2) -> None:
+    summary = json.loads((workdir / "eval.json").read_text())
+    assert set(summary) >= EVAL_FIELDS
+    assert summary["agent"] == agent and summary["noisy"] is noisy
+    assert summary["env_steps_trained"] == env_steps and summary["num_seeds"] == seeds
+    assert summary["num_episodes"] == 4 * seeds and summary["env"] == "CartPole-v1"
+    assert 1 <= summary["mean_return"] <= 500 and summary["mean_return_stderr"] >= 0
+    assert (workdir / "samples" / "learning_curve.png").stat().st_size > 1000
+    records = train_records(workdir)
+    assert [r["step"] for r in records] == [256, 512, 768, 1024]
+    assert all(f"return_seed{s}" in records[-1] for s in range(seeds))
+    assert json.loads((workdir / "config.json").read_text())["agent"]["noisy"] is noisy
+
+
+def test_noisy_dqn_trains_evaluates_plots_and_resumes_with_identical_numbers(tmp_path):
+    workdir = tmp_path / "dqn"
+    run_modes("smoke_dqn", workdir)
+    check_outputs(workdir, agent="dqn", noisy=True, env_steps=1024)
+    records = train_records(workdir)
+    # Rewards are 1 per step, so |Q| stays below 1 / (1 - gamma) = 100 on a healthy run.
+    assert all(np.isfinite(r["q_max"]) and r["q_max"] < 100 for r in records[1:])
+    assert records[-1]["learn_steps"] > 200
+    # Drop the last checkpoint: the rerun resumes from chunk 2 and must repeat chunks 3-4 exactly.
+    checkpoints = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert checkpoints == ["2", "4"]
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    run_modes("smoke_dqn", workdir, modes=("train",))
+    rerun = train_records(workdir)[4:]
+    assert [r["step"] for r in rerun] == [768, 1024]
+    for first, again in zip(records[2:], rerun, strict=True):
+        for key in ("loss", "return_seed0", "return_seed1", "q_mean", "learn_steps"):
+            assert first[key] == again[key], key
+
+
+@pytest.mark.parametrize(
+    ("variant", "agent", "noisy", "extra"),
+    [
+        ("smoke_dueling", "dueling", False, ("--config.agent.noisy=False",)),
+        ("smoke_a2c", "a2c", True, ()),
+    ],
+)
+def test_other_agent_families_run_through_every_mode(tmp_path, variant, agent, noisy, extra):
+    workdir = tmp_path / variant
+    run_modes(variant, workdir, *extra)
+    check_outputs(workdir, agent=agent, noisy=noisy, env_steps=1024)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("--config.agent.noise_type=gaussian", "agent.noise_type"),
+        ("--config.env.name=Pong-misc", "env.name"),
+        ("--config.agent.name=ppo", "agent.name"),
+        ("--config.train.steps_per_chunk=255", "train.steps_per_chunk"),
+    ],
+)
+def test_bad_values_end_with_one_line_naming_the_field(tmp_path, capsys, override, field):
+    workdir = tmp_path / "bad"
+    args = ["main", "--config=configs/noisynet.py:smoke_dqn", f"--workdir={workdir}", override]
+    assert entry.run(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"config.{field}" in error
+    assert not workdir.exists()
