@@ -124,13 +124,13 @@ def main() -> None:
         f"| {datetime.date.today()} | {socket.gethostname()} | {machine} | jax {jax.__version__} | "
         f"{args.variant} | {params / 1e6:.2f}M | {batch_size} | {config.model.dtype} | "
         f"{steps_per_s:.2f} | {steps_per_s * batch_size:,.0f} | {peak / 2**30:.2f} GiB ({peak_kind}) | "
-        f"{compile_s:.1f} s | {tflops:.1f} ({flops_kind}) | `python benchmarks/bfn_throughput.py {' '.join(sys.argv[1:])}` |"
+        f"{compile_s:.1f} s | {tflops:.3g} ({flops_kind}) | `python benchmarks/bfn_throughput.py {' '.join(sys.argv[1:])}` |"
     )
     print(
         f"variant={args.variant} params={params:,} batch={batch_size} dtype={config.model.dtype} "
         f"steps/s={steps_per_s:.2f} examples/s={steps_per_s * batch_size:,.0f} "
         f"peak={peak / 2**30:.2f} GiB ({peak_kind}) compile={compile_s:.1f}s{tokens} "
-        f"model TFLOP/s={tflops:.1f} ({flops_kind}; XLA counts {xla_flops / 1e9:,.1f} GFLOP/step) "
+        f"model TFLOP/s={tflops:.3g} ({flops_kind}; XLA counts {xla_flops / 1e9:,.1f} GFLOP/step) "
         f"loss={float(metrics['loss']):.4f}"
     )
     if args.record:
