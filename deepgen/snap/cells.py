@@ -15,10 +15,12 @@ original (Cho 2014, reset-before) GRU, n = tanh(W x + U_n (r ⊙ h)) routes r_i 
 every unit k in the same step, so the one-step Jacobian of a U_r parameter is dense in the units
 and the SnAp-1 pattern is no longer diagonal per unit.
 
-Every cell is split in two: `recurrent_preactivation` (the only place where one unit reads other
-units: rec_GxK = (W_h ⊙ M_h) h (+ b_h)) and `cell_update` (element-wise in the units given rec).
-The estimators use that split to build the one-step state Jacobian D_t cheaply and the
-structural sparsity patterns come from `cell_wiring` plus the masks, never from values.
+Every cell is split in three: `recurrent_preactivation` (the only place where one unit reads other
+units: rec_GxK = (W_h ⊙ M_h) h (+ b_h)), `input_preactivation` (inp_GxK = (W_x ⊙ M_x) x + b) and
+`elementwise_update` (the new state from inp, rec and the old state, element-wise in the units).
+The estimators use that split to build the one-step state Jacobian D_t cheaply (SnAp-1 writes its
+immediate Jacobian as d(state)/d(preactivation) times the layer input), and the structural sparsity
+patterns come from `cell_wiring` plus the masks, never from values.
 
 Sparsity: `density < 1` draws fixed random masks for W_x and W_h once (exactly round(d·n) kept
 entries per matrix), shared by all gates (default; keeps the unit graph at density d) or drawn
@@ -166,16 +168,15 @@ def recurrent_preactivation(
     return rec_GxK
 
 
-def cell_update(
-    config: CellConfig,
-    params: dict,
-    masks: dict,
-    rec_GxK: jax.Array,
-    state_S: jax.Array,
-    x_I: jax.Array,
+def input_preactivation(config: CellConfig, params: dict, masks: dict, x_I: jax.Array) -> jax.Array:
+    """inp_GxK = (W_x ⊙ M_x) x + b: the input's contribution to every gate."""
+    return jnp.einsum("gki,i->gk", params["w_x"] * masks["w_x"], x_I) + params["b"]
+
+
+def elementwise_update(
+    config: CellConfig, inp_GxK: jax.Array, rec_GxK: jax.Array, state_S: jax.Array
 ) -> jax.Array:
-    """The new state given the recurrent preactivation; element-wise in the units (reads state only per unit)."""
-    inp_GxK = jnp.einsum("gki,i->gk", params["w_x"] * masks["w_x"], x_I) + params["b"]
+    """The new state from both preactivations; unit u of the output reads only unit u of each input."""
     k = config.hidden_size
     if config.kind == "vanilla":
         return jnp.tanh(inp_GxK[0] + rec_GxK[0])
@@ -195,6 +196,19 @@ def cell_update(
     g_K = jnp.tanh(pre_GxK[2])
     new_c_K = f_K * c_K + i_K * g_K
     return jnp.concatenate([o_K * jnp.tanh(new_c_K), new_c_K])
+
+
+def cell_update(
+    config: CellConfig,
+    params: dict,
+    masks: dict,
+    rec_GxK: jax.Array,
+    state_S: jax.Array,
+    x_I: jax.Array,
+) -> jax.Array:
+    """The new state given the recurrent preactivation; element-wise in the units (reads state only per unit)."""
+    inp_GxK = input_preactivation(config, params, masks, x_I)
+    return elementwise_update(config, inp_GxK, rec_GxK, state_S)
 
 
 def cell_step(
