@@ -11,10 +11,11 @@ Variants:
   {dqn,dueling,a2c}_{breakout,asterix,space_invaders,freeway}
                                                gymnax MinAtar ("Breakout-MinAtar", ...).
   atari_dqn, atari_dueling, atari_a2c          ALE Atari (config.env.name, default "ALE/Pong-v5"),
-                                               the paper's hyperparameters (Nature DQN / dueling /
-                                               A3C settings), run by the host loop in
-                                               deepgen/noisynet/atari.py.
-  smoke_dqn, smoke_dueling, smoke_a2c, smoke_atari
+                                               the paper's hyperparameters and optimisers (Nature
+                                               DQN / dueling / A3C RMSProp), run on the host by
+                                               deepgen/noisynet/atari_loop.py (DQN, Dueling) and
+                                               deepgen/noisynet/atari_a2c_loop.py (A2C).
+  smoke_dqn, smoke_dueling, smoke_a2c, smoke_atari, atari_a2c_smoke
                                                tiny, for tests.
 Units: env steps are agent steps (one action; for Atari 4 frames with frame skip 4);
 agent.target_update_period counts optimisation steps; ckpt.every and train.log_every count chunks.
@@ -97,6 +98,11 @@ def _base(agent: str) -> ConfigDict:
     config.opt.eps = 1e-8
     config.opt.weight_decay = 0.0
     config.opt.clip_norm = 10.0
+    # opt.name = "rmsprop" only (deepgen/core/optim.py): eps sits inside the square root.
+    config.opt.decay = 0.9
+    config.opt.centered = False
+    config.opt.momentum = 0.0
+    config.opt.eps_in_sqrt = True
 
     config.ckpt.every = 10
     config.ckpt.keep = 2
@@ -164,7 +170,8 @@ def _minatar(agent: str, game: str) -> ConfigDict:
 
 
 def _atari(agent: str) -> ConfigDict:
-    """The paper's Atari settings (DQN: Mnih et al. 2015; Dueling: Wang et al. 2016; A3C)."""
+    """The paper's Atari settings with its base agents' optimisers (DQN: Mnih et al. 2015;
+    Dueling: Wang et al. 2016; A3C: Mnih et al. 2016, run as A2C)."""
     config = _base(agent)
     config.env.name = "ALE/Pong-v5"
     config.env.num_envs = 1
@@ -175,14 +182,28 @@ def _atari(agent: str) -> ConfigDict:
     config.train.total_env_steps = 50_000_000  # 200M frames
     config.train.steps_per_chunk = 250_000  # 1M frames per logged chunk
     config.eval.num_episodes = 30
+    config.opt.name = "rmsprop"
+    config.opt.schedule = "constant"
     if agent == "a2c":
-        # A3C: 16 actors, n = 5, lr 7e-4, entropy 0.01 (baseline), grad clip 40 -> A2C with clip 0.5.
+        # A3C: 16 actor-learners [recalled], t_max = 5 actions per update, entropy weight 0.01 for
+        # the baseline [recalled] (NoisyNet-A2C drops it). Optimiser, from the A3C authors (V. Mnih,
+        # e-mail quoted on github.com/muupan/async-rl/wiki): RMSProp of Eqs. 8-9 (eps inside the
+        # root, not centred), lr 7e-4 decayed linearly to 0, eps 0.1, alpha 0.99, the value
+        # gradient d(R - V)^2 times 0.5 (value_coef 1 with a2c_loss's 0.5 (R - V)^2), no loss
+        # clipping. A3C summed each thread's gradients over its t_max steps; a2c_loss averages
+        # over the rollout, so gradients are t_max times smaller and eps / t_max^2 keeps the
+        # paper's step (deepgen/core/optim.py). The averaging over 16 envs cannot be undone.
         config.env.num_envs = 16
         config.agent.rollout_len = 5
+        config.agent.entropy_coef = 0.01
+        config.agent.value_coef = 1.0
         config.opt.lr = 7e-4
-        config.opt.eps = 1e-5
-        config.opt.clip_norm = 40.0
-        config.train.steps_per_chunk = 16 * 5 * 3125
+        config.opt.schedule = "linear_decay"
+        config.opt.decay = 0.99
+        config.opt.eps = 0.1 / config.agent.rollout_len**2
+        config.opt.clip_norm = 40.0  # a loose safety rail (not in the A3C paper)
+        config.train.steps_per_chunk = 16 * 5 * 3125  # 1M frames
+        config.ckpt.every = 1
         return config
     config.agent.batch_size = 32
     config.agent.gamma = 0.99
@@ -194,11 +215,17 @@ def _atari(agent: str) -> ConfigDict:
     config.agent.epsilon_decay_steps = 250_000  # 1M frames
     config.agent.epsilon_eval = 0.05  # Nature DQN evaluation; NoisyNet ignores epsilon
     config.replay.capacity = 1_000_000
-    # Nature DQN used RMSProp lr 2.5e-4; deepgen's optimiser factory has Adam: lr and eps as in
-    # Rainbow's Adam settings for DQN-scale TD errors.
-    config.opt.lr = 6.25e-5 if agent == "dueling" else 1e-4
-    config.opt.eps = 1.5e-4
-    config.opt.clip_norm = 10.0
+    # Nature DQN (Mnih et al. 2015, Methods; its NeuralQLearner.lua): centred RMSProp, lr 2.5e-4,
+    # gradient and squared-gradient momentum 0.95, min squared gradient 0.01 inside the root, TD
+    # errors clipped to [-1, 1] (the Huber loss) and no gradient-norm clipping. The Lua code summed
+    # the loss over the 32 transitions; dqn.py averages it, so eps = 0.01 / 32^2 (as dqn_zoo).
+    # Dueling (Wang et al. 2016): "the optimizers and hyper-parameters" of double DQN (van Hasselt
+    # et al., i.e. DQN's), lr 6.25e-5 and gradient norms clipped to 10 [lr and clip recalled].
+    config.opt.decay = 0.95
+    config.opt.centered = True
+    config.opt.eps = 0.01 / config.agent.batch_size**2  # keep in step with agent.batch_size
+    config.opt.lr = 6.25e-5 if agent == "dueling" else 2.5e-4
+    config.opt.clip_norm = 10.0 if agent == "dueling" else 0.0
     config.ckpt.every = 4
     return config
 
@@ -238,6 +265,19 @@ def _smoke_atari() -> ConfigDict:
     return config
 
 
+def _atari_a2c_smoke() -> ConfigDict:
+    """A few hundred frames of NoisyNet-A2C on real Pong with 2 envs (for tests)."""
+    config = _atari("a2c")
+    config.env.num_envs = 2
+    config.env.max_episode_frames = 120  # each env ends (is cut) one episode while training
+    config.network.head_hidden = 32
+    config.train.total_env_steps = 80  # 320 frames
+    config.train.steps_per_chunk = 40  # 4 updates of 2 envs x 5 steps
+    config.eval.num_episodes = 2
+    config.ckpt.every = 1
+    return config
+
+
 VARIANTS = {
     "dqn_cartpole": lambda: _cartpole_value("dqn", True),
     "dqn_cartpole_baseline": lambda: _cartpole_value("dqn", False),
@@ -253,6 +293,7 @@ VARIANTS = {
     "atari_dqn": lambda: _atari("dqn"),
     "atari_dueling": lambda: _atari("dueling"),
     "atari_a2c": lambda: _atari("a2c"),
+    "atari_a2c_smoke": _atari_a2c_smoke,
     "smoke_dqn": lambda: _smoke("dqn"),
     "smoke_dueling": lambda: _smoke("dueling"),
     "smoke_a2c": lambda: _smoke("a2c"),

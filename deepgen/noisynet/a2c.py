@@ -6,8 +6,8 @@ Hogwild updates from many actor-learner threads have no place in a jitted progra
 rollout of `rollout_len` steps. Kept from A3C: n-step bootstrapped returns
 R_t = r_t + gamma R_{t+1} (bootstrapped with V at the rollout's end), the advantage R_t - V(s_t),
 the policy-gradient and value losses, the entropy bonus and global gradient-norm clipping.
-A3C used shared RMSProp; deepgen.core.optim offers Adam/AdamW/SGD, so the configs use Adam
-(config.opt, with opt.clip_norm as the gradient clipping).
+A3C used shared RMSProp: the gymnax configs use Adam, the Atari variant (atari_a2c_loop.py) A3C's
+RMSProp (config.opt, with opt.clip_norm as the gradient clipping).
 
 NoisyNet-A2C (Fortunato et al. 2018, arXiv:1706.10295, Sec. 3.1, NoisyNet-A3C): the dense layers
 of deepgen.noisynet.networks.ActorCritic are noisy (independent Gaussian noise in the paper's A3C

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -479,11 +479,10 @@ def validate_atari(config: Any) -> None:
     sticky = options["repeat_action_probability"]
     require(0.0 <= sticky < 1.0, "env.sticky_action_prob", sticky, "in [0, 1) (0: the paper era)")
     require(
-        config.agent.name in ("dqn", "dueling"),
+        config.agent.name in ("dqn", "dueling", "a2c"),
         "agent.name",
         config.agent.name,
-        "'dqn' or 'dueling' for ALE games (the host loop runs the DQN family; A3C/A2C on ALE "
-        "is not implemented)",
+        "'dqn', 'dueling' or 'a2c' for ALE games",
     )
     num_seeds = int(config.train.get("num_seeds", 1))
     require(num_seeds == 1, "train.num_seeds", num_seeds, "1 for ALE: one run per --config.seed")
@@ -499,6 +498,17 @@ def validate_atari(config: Any) -> None:
     )
     num_envs = int(config.env.num_envs)
     require(num_envs >= 1, "env.num_envs", num_envs, "an integer >= 1")
+    episodes = eval_episodes(config)
+    require(episodes > 0, "eval.num_episodes", episodes, "an integer > 0")
+    require(
+        int(config.train.total_env_steps) > 0,
+        "train.total_env_steps",
+        config.train.total_env_steps,
+        "> 0",
+    )
+    if config.agent.name == "a2c":
+        _validate_a2c(config, num_envs, require)
+        return
     capacity = int(config.replay.capacity)
     require(
         capacity // num_envs > options["frame_stack"] + 1,
@@ -519,14 +529,23 @@ def validate_atari(config: Any) -> None:
         config.train.steps_per_chunk,
         f"at least env.num_envs={num_envs} (agent steps summed over envs)",
     )
+
+
+def _validate_a2c(config: Any, num_envs: int, require: Callable[..., None]) -> None:
+    """The A2C host loop's fields (deepgen/noisynet/atari_a2c_loop.py): whole rollouts per chunk."""
+    agent = config.agent
+    rollout_len = int(agent.rollout_len)
+    require(rollout_len >= 1, "agent.rollout_len", agent.rollout_len, "an integer >= 1")
+    per_update = num_envs * rollout_len
+    chunk = int(config.train.steps_per_chunk)
     require(
-        int(config.train.total_env_steps) > 0,
-        "train.total_env_steps",
-        config.train.total_env_steps,
-        "> 0",
+        chunk > 0 and chunk % per_update == 0,
+        "train.steps_per_chunk",
+        config.train.steps_per_chunk,
+        f"a positive multiple of env.num_envs * agent.rollout_len = {per_update}",
     )
-    episodes = eval_episodes(config)
-    require(episodes > 0, "eval.num_episodes", episodes, "an integer > 0")
+    require(agent.value_coef >= 0, "agent.value_coef", agent.value_coef, "a number >= 0")
+    require(agent.entropy_coef >= 0, "agent.entropy_coef", agent.entropy_coef, "a number >= 0")
 
 
 def eval_episodes(config: Any) -> int:

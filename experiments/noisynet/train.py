@@ -7,7 +7,8 @@ each seed's return to metrics.jsonl (step = environment steps per seed), checkpo
 config.ckpt.every chunks, at the end and on SIGTERM/SIGINT, and a rerun resumes from the latest
 checkpoint with the same numbers. Evaluation acts with the exploration the agent was trained
 with (noise on; epsilon_eval for the baseline), as dqn_zoo does; the paper does not pin this
-down. Environments named "ALE/..." go to the host loop in deepgen/noisynet/atari.py.
+down. Environments named "ALE/..." go to the host loops: deepgen/noisynet/atari_loop.py for DQN
+and Dueling, deepgen/noisynet/atari_a2c_loop.py for A2C.
 """
 
 import datetime
@@ -197,6 +198,10 @@ def _chunk_record(values: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 def run(config: ConfigDict, workdir: str, *, mode: str) -> int:
     """Train, evaluate or plot; user-fixable problems are raised before workdir is touched."""
+    if _is_atari(config) and config.agent.name == "a2c":
+        from deepgen.noisynet import atari_a2c_loop  # validate() checked that ale-py imports
+
+        return atari_a2c_loop.run(config, workdir, mode=mode)
     if _is_atari(config):
         return _atari_module().run_atari(config, workdir, mode=mode)
     if mode == "train":
