@@ -5,7 +5,9 @@ E[(r + gamma max_b Q(y, b, eps'; zeta^-) - Q(x, a, eps; zeta))^2] (Huber here, a
 independent noise samples eps (online), eps' (target) and, for the double-Q target
 b* = argmax_b Q(y, b, eps''; zeta), a third one eps'' (Sec. 3.1, NoisyNet-Dueling). One noise sample
 is shared by the minibatch and a new one is drawn at every optimisation step. The baseline uses
-the mean weights and epsilon-greedy acting.
+the mean weights and epsilon-greedy acting. Noise enters as pre-drawn N(0, 1) arrays (LearnNoise,
+and one row per environment for acting), so a training loop can draw it ahead of use: drawn in
+the same XLA computation, the normal transform would be recomputed inside every p x q loop.
 """
 
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import optax
 from ml_collections import ConfigDict
 
 from deepgen.core.optim import make_optimizer
-from deepgen.noisynet.networks import QNetwork, make_q_network
+from deepgen.noisynet.networks import QNetwork, make_q_network, network_noise_size
 from deepgen.noisynet.replay import Transition
 
 
@@ -30,38 +32,34 @@ class LearnerState(NamedTuple):
     learn_steps: jax.Array
 
 
-class NoiseKeys(NamedTuple):
-    """Independent noise keys for one optimisation step: online Q, target Q, double-Q selection."""
+class LearnNoise(NamedTuple):
+    """Independent N(0, 1) samples for one optimisation step: online Q, target Q, double-Q selection."""
 
     online: jax.Array
     target: jax.Array
     select: jax.Array
 
 
-def noise_keys(rng: jax.Array) -> NoiseKeys:
-    """Split one step key into the three independent noise keys."""
-    online, target, select = jax.random.split(rng, 3)
-    return NoiseKeys(online, target, select)
+def draw_learn_noise(rng: jax.Array, size: int, leading: tuple[int, ...] = ()) -> LearnNoise:
+    """The three samples of one (or `leading` many) optimisation steps, from one normal draw."""
+    draws = jax.random.normal(rng, (*leading, 3, size))
+    return LearnNoise(draws[..., 0, :], draws[..., 1, :], draws[..., 2, :])
 
 
 def q_values(
     apply_fn: Callable,
     params: Any,
     obs: jax.Array,
-    rng: jax.Array | None,
+    noise: jax.Array | None,
     *,
     noisy: bool,
     per_example_noise: bool = False,
 ) -> jax.Array:
-    """Q(obs) with the noise drawn from rng (noisy) or with the deterministic weights."""
+    """Q(obs) with the pre-drawn noise sample (noisy) or with the deterministic weights."""
     if not noisy:
         return apply_fn({"params": params}, obs, use_noise=False)
     return apply_fn(
-        {"params": params},
-        obs,
-        use_noise=True,
-        per_example_noise=per_example_noise,
-        rngs={"noise": rng},
+        {"params": params}, obs, use_noise=True, per_example_noise=per_example_noise, noise=noise
     )
 
 
@@ -73,10 +71,13 @@ def select_action(
     apply_fn: Callable,
     epsilon: jax.Array | float,
     noisy: bool,
+    noise_BxZ: jax.Array | None = None,
 ) -> jax.Array:
-    """Greedy on the noisy Q with one noise sample per row (noisy), else epsilon-greedy on Q."""
+    """Greedy on the noisy Q with one noise row per observation (noisy), else epsilon-greedy on Q."""
     if noisy:
-        q_BxA = q_values(apply_fn, params, obs_BxO, rng, noisy=True, per_example_noise=True)
+        if noise_BxZ is None:
+            raise ValueError("noisy acting needs noise_BxZ, one N(0, 1) row per observation")
+        q_BxA = q_values(apply_fn, params, obs_BxO, noise_BxZ, noisy=True, per_example_noise=True)
         return jnp.argmax(q_BxA, axis=-1).astype(jnp.int32)
     q_BxA = q_values(apply_fn, params, obs_BxO, None, noisy=False)
     key_explore, key_action = jax.random.split(rng)
@@ -91,18 +92,19 @@ def dqn_loss(
     *,
     target_params: Any,
     batch: Transition,
-    keys: NoiseKeys,
+    noise: LearnNoise | None,
     apply_fn: Callable,
     gamma: float,
     double: bool,
     noisy: bool,
     huber_delta: float,
 ) -> tuple[jax.Array, dict]:
-    """Mean Huber TD error of the (double) DQN target; aux holds the Q statistics."""
-    q_tm1_BxA = q_values(apply_fn, params, batch.obs, keys.online, noisy=noisy)
-    q_t_target_BxA = q_values(apply_fn, target_params, batch.next_obs, keys.target, noisy=noisy)
+    """Mean Huber TD error of the (double) DQN target; aux holds the Q statistics (noise: None if not noisy)."""
+    online, target, select = (None, None, None) if noise is None else noise
+    q_tm1_BxA = q_values(apply_fn, params, batch.obs, online, noisy=noisy)
+    q_t_target_BxA = q_values(apply_fn, target_params, batch.next_obs, target, noisy=noisy)
     if double:
-        q_t_select_BxA = q_values(apply_fn, params, batch.next_obs, keys.select, noisy=noisy)
+        q_t_select_BxA = q_values(apply_fn, params, batch.next_obs, select, noisy=noisy)
         best_B = jnp.argmax(q_t_select_BxA, axis=-1)
     else:
         best_B = jnp.argmax(q_t_target_BxA, axis=-1)
@@ -119,7 +121,7 @@ def dqn_loss(
 def learn_step(
     state: LearnerState,
     batch: Transition,
-    rng: jax.Array,
+    noise: LearnNoise | None,
     *,
     apply_fn: Callable,
     optimizer: optax.GradientTransformation,
@@ -129,13 +131,12 @@ def learn_step(
     huber_delta: float,
     target_update_period: int,
 ) -> tuple[LearnerState, dict]:
-    """One optimisation step with fresh, independent noise; copies the target every period steps."""
-    keys = noise_keys(rng)
+    """One optimisation step with its (fresh, independent) noise; copies the target every period steps."""
     (loss, aux), grads = jax.value_and_grad(dqn_loss, has_aux=True)(
         state.params,
         target_params=state.target_params,
         batch=batch,
-        keys=keys,
+        noise=noise,
         apply_fn=apply_fn,
         gamma=gamma,
         double=double,
@@ -160,13 +161,20 @@ def linear_epsilon(env_step: jax.Array, *, start: float, end: float, decay_steps
 
 
 class DQNAgent(NamedTuple):
-    """The pure pieces of one configured DQN-family agent (see make_dqn_agent)."""
+    """The pure pieces of one configured DQN-family agent (see make_dqn_agent).
+
+    act(params, obs, rng, epsilon, noise=None) and learn(state, batch, rng) draw their noise from
+    rng; learn_with_noise and act's `noise` take it pre-drawn (draw_learn_noise, draw_act_noise).
+    """
 
     network: QNetwork
     optimizer: optax.GradientTransformation
     init: Callable[[jax.Array, jax.Array], LearnerState]
-    act: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+    act: Callable[..., jax.Array]
     learn: Callable[[LearnerState, Transition, jax.Array], tuple[LearnerState, dict]]
+    learn_with_noise: Callable[[LearnerState, Transition, LearnNoise], tuple[LearnerState, dict]]
+    draw_learn_noise: Callable[..., LearnNoise]
+    draw_act_noise: Callable[[jax.Array, Any, int], jax.Array]
     epsilon: Callable[[jax.Array], jax.Array]
 
 
@@ -193,16 +201,46 @@ def make_dqn_agent(config: ConfigDict, num_actions: int) -> DQNAgent:
             learn_steps=jnp.zeros((), jnp.int32),
         )
 
-    def act(params: Any, obs_BxO: jax.Array, rng: jax.Array, epsilon: jax.Array) -> jax.Array:
+    def noise_size(params: Any) -> int:
+        return network_noise_size(params, agent.noise_type) if noisy else 0
+
+    def draw_act_noise(rng: jax.Array, params: Any, num_rows: int) -> jax.Array | None:
+        return jax.random.normal(rng, (num_rows, noise_size(params))) if noisy else None
+
+    def draw_learner_noise(
+        rng: jax.Array, params: Any, leading: tuple[int, ...] = ()
+    ) -> LearnNoise | None:
+        return draw_learn_noise(rng, noise_size(params), leading) if noisy else None
+
+    def act(
+        params: Any,
+        obs_BxO: jax.Array,
+        rng: jax.Array,
+        epsilon: jax.Array,
+        noise_BxZ: jax.Array | None = None,
+    ) -> jax.Array:
+        if noisy and noise_BxZ is None:
+            noise_BxZ = draw_act_noise(rng, params, obs_BxO.shape[0])
         return select_action(
-            params, obs_BxO, rng, apply_fn=network.apply, epsilon=epsilon, noisy=noisy
+            params,
+            obs_BxO,
+            rng,
+            apply_fn=network.apply,
+            epsilon=epsilon,
+            noisy=noisy,
+            noise_BxZ=noise_BxZ,
         )
 
     def learn(state: LearnerState, batch: Transition, rng: jax.Array) -> tuple[LearnerState, dict]:
+        return learn_with_noise(state, batch, draw_learner_noise(rng, state.params))
+
+    def learn_with_noise(
+        state: LearnerState, batch: Transition, noise: LearnNoise | None
+    ) -> tuple[LearnerState, dict]:
         return learn_step(
             state,
             batch,
-            rng,
+            noise,
             apply_fn=network.apply,
             optimizer=optimizer,
             gamma=float(agent.gamma),
@@ -220,4 +258,14 @@ def make_dqn_agent(config: ConfigDict, num_actions: int) -> DQNAgent:
             decay_steps=int(agent.epsilon_decay_steps),
         )
 
-    return DQNAgent(network, optimizer, init, act, learn, epsilon)
+    return DQNAgent(
+        network,
+        optimizer,
+        init,
+        act,
+        learn,
+        learn_with_noise,
+        draw_learner_noise,
+        draw_act_noise,
+        epsilon,
+    )

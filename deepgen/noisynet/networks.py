@@ -4,16 +4,22 @@ All dense layers of the heads are noisy when `noisy` is set (the paper makes eve
 layer noisy; convolutions stay deterministic). Torsos: an MLP for CartPole-like vector
 observations, the MinAtar conv (16 3x3 filters, Young & Tian 2019) and the Nature DQN CNN.
 The dueling head combines V and A as Q = V + A - mean_a A (Wang et al. 2016, Eq. 9).
+A noisy forward pass draws the noise of all its noisy layers with ONE normal draw from the "noise"
+rng stream and splits it over the layers: on CPU each draw has a fixed cost far above that of
+these small layers, so one draw per pass instead of one per layer is most of what NoisyNet costs.
 """
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ml_collections import ConfigDict
 
-from deepgen.noisynet.layers import NoisyDense
+from deepgen.noisynet.layers import NoisyDense, noise_size
 
 TORSOS = ("mlp", "minatar", "nature")
 
@@ -27,11 +33,58 @@ class _Dense(nn.Module):
     sigma0: float | None
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, use_noise: bool, per_example_noise: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        use_noise: bool,
+        per_example_noise: bool,
+        noise: jax.Array | None = None,
+    ) -> jax.Array:
         if self.noisy:
             layer = NoisyDense(self.features, noise_type=self.noise_type, sigma0=self.sigma0)
-            return layer(x, use_noise=use_noise, per_example_noise=per_example_noise)
+            return layer(x, use_noise=use_noise, per_example_noise=per_example_noise, noise=noise)
         return nn.Dense(self.features)(x)
+
+
+def draw_layer_noise(
+    module: nn.Module,
+    layer_dims: Sequence[tuple[int, int]],
+    noise_type: str,
+    batch_shape: tuple[int, ...],
+    dtype=jnp.float32,
+) -> list[jax.Array]:
+    """N(0, 1) noise for noisy layers (fan_in, features), from one draw of module's "noise" rng."""
+    sizes = [noise_size(noise_type, fan_in, out) for fan_in, out in layer_dims]
+    flat = jax.random.normal(module.make_rng("noise"), (*batch_shape, sum(sizes)), dtype)
+    return jnp.split(flat, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+
+
+def split_layer_noise(
+    noise: jax.Array, layer_dims: Sequence[tuple[int, int]], noise_type: str
+) -> list[jax.Array]:
+    """A pre-drawn flat N(0, 1) array (*batch, total) split over the layers (fan_in, features)."""
+    sizes = [noise_size(noise_type, fan_in, out) for fan_in, out in layer_dims]
+    if noise.shape[-1] != sum(sizes):
+        raise ValueError(
+            f"pre-drawn noise has {noise.shape[-1]} entries, the network needs {sum(sizes)}"
+        )
+    return jnp.split(noise, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+
+
+def network_noise_size(params: Any, noise_type: str) -> int:
+    """Normal draws one noise sample of a network needs: the sum over its NoisyDense layers."""
+    if isinstance(params, Mapping):
+        if "mu_w" in params and "sigma_w" in params:
+            return noise_size(noise_type, *params["mu_w"].shape)
+        return sum(network_noise_size(child, noise_type) for child in params.values())
+    return 0
+
+
+def _mlp_dims(obs: jax.Array, hidden: Sequence[int]) -> list[tuple[int, int]]:
+    """(fan_in, features) of the dense layers of the "mlp" torso."""
+    widths = [int(np.prod(obs.shape[1:])), *hidden]
+    return list(itertools.pairwise(widths))
 
 
 class Torso(nn.Module):
@@ -44,12 +97,26 @@ class Torso(nn.Module):
     sigma0: float | None = None
 
     @nn.compact
-    def __call__(self, obs: jax.Array, *, use_noise: bool, per_example_noise: bool) -> jax.Array:
+    def __call__(
+        self,
+        obs: jax.Array,
+        *,
+        use_noise: bool,
+        per_example_noise: bool,
+        noise: Sequence[jax.Array] | None = None,
+    ) -> jax.Array:
+        """noise: pre-drawn noise for the "mlp" layers (see draw_layer_noise); else drawn per layer."""
         if self.kind == "mlp":
             x = obs.reshape(obs.shape[0], -1).astype(jnp.float32)
-            for width in self.hidden:
+            for i, width in enumerate(self.hidden):
                 layer = _Dense(width, self.noisy, self.noise_type, self.sigma0)
-                x = nn.relu(layer(x, use_noise=use_noise, per_example_noise=per_example_noise))
+                x = layer(
+                    x,
+                    use_noise=use_noise,
+                    per_example_noise=per_example_noise,
+                    noise=None if noise is None else noise[i],
+                )
+                x = nn.relu(x)
             return x
         if self.kind == "minatar":
             x = nn.relu(nn.Conv(16, (3, 3), padding="VALID")(obs.astype(jnp.float32)))
@@ -61,6 +128,40 @@ class Torso(nn.Module):
             x = nn.relu(nn.Conv(64, (3, 3), strides=(1, 1), padding="VALID")(x))
             return x.reshape(x.shape[0], -1)
         raise ValueError(f"torso {self.kind!r} is not one of {TORSOS}")
+
+
+def _torso_and_head_noise(
+    module: nn.Module,
+    torso: Torso,
+    obs: jax.Array,
+    head_dims: Callable[[int], list[tuple[int, int]]],
+    *,
+    use_noise: bool,
+    per_example_noise: bool,
+    noise: jax.Array | None,
+) -> tuple[jax.Array, list[jax.Array] | None]:
+    """Torso features and the heads' noise, all noise of the pass drawn at once (None: no noise)."""
+    kw = dict(use_noise=use_noise, per_example_noise=per_example_noise)
+    batch_shape = obs.shape[:1] if per_example_noise else ()
+
+    def layer_noise(dims: list[tuple[int, int]]) -> list[jax.Array]:
+        if noise is not None:
+            return split_layer_noise(noise, dims, torso.noise_type)
+        return draw_layer_noise(module, dims, torso.noise_type, batch_shape)
+
+    if torso.kind == "mlp":  # the layer sizes are known before the torso runs
+        torso_dims = _mlp_dims(obs, torso.hidden) if torso.noisy else []
+        feature_dim = torso.hidden[-1] if torso.hidden else int(np.prod(obs.shape[1:]))
+        dims = torso_dims + head_dims(feature_dim)
+        if not use_noise:
+            return torso(obs, **kw), None
+        per_layer = layer_noise(dims)
+        x = torso(obs, **kw, noise=per_layer[: len(torso_dims)])
+        return x, per_layer[len(torso_dims) :]
+    x = torso(obs, **kw)  # convolutions: deterministic
+    if not use_noise:
+        return x, None
+    return x, layer_noise(head_dims(x.shape[-1]))
 
 
 class QNetwork(nn.Module):
@@ -78,23 +179,43 @@ class QNetwork(nn.Module):
 
     @nn.compact
     def __call__(
-        self, obs: jax.Array, *, use_noise: bool = True, per_example_noise: bool = False
+        self,
+        obs: jax.Array,
+        *,
+        use_noise: bool = True,
+        per_example_noise: bool = False,
+        noise: jax.Array | None = None,
     ) -> jax.Array:
+        """noise: a pre-drawn N(0, 1) sample (network_noise_size entries, per row if per-example)."""
         kw = dict(use_noise=use_noise and self.noisy, per_example_noise=per_example_noise)
         dense = dict(noisy=self.noisy, noise_type=self.noise_type, sigma0=self.sigma0)
         torso_noisy = self.noisy and self.noisy_torso
-        x = Torso(
+        torso = Torso(
             self.torso, self.torso_hidden, torso_noisy, self.noise_type, self.sigma0, name="torso"
-        )(obs, **kw)
+        )
+        streams = [("q", self.num_actions)]
+        if self.dueling:
+            streams = [("value", 1), ("advantage", self.num_actions)]
 
-        def stream(out: int, name: str) -> jax.Array:
-            h = nn.relu(_Dense(self.head_hidden, name=f"{name}_hidden", **dense)(x, **kw))
-            return _Dense(out, name=f"{name}_out", **dense)(h, **kw)
+        def head_dims(feature_dim: int) -> list[tuple[int, int]]:
+            dims = []
+            for _, out in streams:
+                dims += [(feature_dim, self.head_hidden), (self.head_hidden, out)]
+            return dims
 
+        x, noise = _torso_and_head_noise(self, torso, obs, head_dims, **kw, noise=noise)
+        outputs = []
+        for i, (name, out) in enumerate(streams):
+            hidden_noise, out_noise = (None, None) if noise is None else noise[2 * i : 2 * i + 2]
+            h = _Dense(self.head_hidden, name=f"{name}_hidden", **dense)(
+                x, **kw, noise=hidden_noise
+            )
+            outputs.append(
+                _Dense(out, name=f"{name}_out", **dense)(nn.relu(h), **kw, noise=out_noise)
+            )
         if not self.dueling:
-            return stream(self.num_actions, "q")
-        value_Bx1 = stream(1, "value")
-        advantage_BxA = stream(self.num_actions, "advantage")
+            return outputs[0]
+        value_Bx1, advantage_BxA = outputs
         return value_Bx1 + advantage_BxA - jnp.mean(advantage_BxA, axis=-1, keepdims=True)
 
 
@@ -112,17 +233,31 @@ class ActorCritic(nn.Module):
 
     @nn.compact
     def __call__(
-        self, obs: jax.Array, *, use_noise: bool = True, per_example_noise: bool = False
+        self,
+        obs: jax.Array,
+        *,
+        use_noise: bool = True,
+        per_example_noise: bool = False,
+        noise: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
+        """noise: a pre-drawn N(0, 1) sample (network_noise_size entries, per row if per-example)."""
         kw = dict(use_noise=use_noise and self.noisy, per_example_noise=per_example_noise)
         dense = dict(noisy=self.noisy, noise_type=self.noise_type, sigma0=self.sigma0)
         torso_noisy = self.noisy and self.noisy_torso
-        x = Torso(
+        torso = Torso(
             self.torso, self.torso_hidden, torso_noisy, self.noise_type, self.sigma0, name="torso"
-        )(obs, **kw)
-        h = nn.relu(_Dense(self.head_hidden, name="shared_hidden", **dense)(x, **kw))
-        logits_BxA = _Dense(self.num_actions, name="policy", **dense)(h, **kw)
-        value_B = _Dense(1, name="value", **dense)(h, **kw)[..., 0]
+        )
+
+        def head_dims(feature_dim: int) -> list[tuple[int, int]]:
+            hidden = self.head_hidden
+            return [(feature_dim, hidden), (hidden, self.num_actions), (hidden, 1)]
+
+        x, noise = _torso_and_head_noise(self, torso, obs, head_dims, **kw, noise=noise)
+        shared_noise, policy_noise, value_noise = [None] * 3 if noise is None else noise
+        h = _Dense(self.head_hidden, name="shared_hidden", **dense)(x, **kw, noise=shared_noise)
+        h = nn.relu(h)
+        logits_BxA = _Dense(self.num_actions, name="policy", **dense)(h, **kw, noise=policy_noise)
+        value_B = _Dense(1, name="value", **dense)(h, **kw, noise=value_noise)[..., 0]
         return logits_BxA, value_B
 
 

@@ -125,6 +125,12 @@ class DQNTrainerState(NamedTuple):
     obs: jax.Array
     stats: EpisodeStats
     act_key: jax.Array
+    act_noise: (
+        jax.Array | None
+    )  # (num_envs, Z) N(0, 1), held between optimisation steps; None: baseline
+    learn_noise: (
+        dqn.LearnNoise | None
+    )  # for the next iteration's optimisation steps, leading axis U
     rng: jax.Array
     env_steps: jax.Array
     iteration: jax.Array
@@ -161,9 +167,10 @@ def make_dqn_trainer(config: ConfigDict, env, env_params) -> Trainer:
     iterations = int(config.train.steps_per_chunk) // num_envs
 
     def init(rng: jax.Array) -> DQNTrainerState:
-        key_net, key_env, key_act, key_run = jax.random.split(rng, 4)
+        key_net, key_env, key_act, key_run, key_noise = jax.random.split(rng, 5)
         obs, env_state = vmapped_reset(env, env_params, key_env, num_envs)
         learner = agent.init(key_net, obs[:1])
+        key_act_noise, key_learn_noise = jax.random.split(key_noise)
         example = Transition(
             obs[0],
             jnp.zeros((), jnp.int32),
@@ -178,19 +185,30 @@ def make_dqn_trainer(config: ConfigDict, env, env_params) -> Trainer:
             obs=obs,
             stats=episode_stats_init(num_envs),
             act_key=key_act,
+            act_noise=agent.draw_act_noise(key_act_noise, learner.params, num_envs),
+            learn_noise=agent.draw_learn_noise(
+                key_learn_noise, learner.params, (updates_per_iteration,)
+            ),
             rng=key_run,
             env_steps=jnp.zeros((), jnp.int32),
             iteration=jnp.zeros((), jnp.int32),
         )
 
-    def learn_updates(learner: dqn.LearnerState, replay: ReplayState, rng: jax.Array):
-        def one(learner, key):
-            key_sample, key_learn = jax.random.split(key)
-            batch = replay_sample(replay, key_sample, batch_size)
-            return agent.learn(learner, batch, key_learn)
+    def learn_updates(
+        learner: dqn.LearnerState, replay: ReplayState, rng: jax.Array, noise: dqn.LearnNoise
+    ):
+        """The iteration's optimisation steps, then the noise for the next ones (drawn ahead)."""
 
-        learner, metrics = jax.lax.scan(one, learner, jax.random.split(rng, updates_per_iteration))
-        return learner, jax.tree.map(jnp.sum, metrics)
+        def one(learner, key_and_noise):
+            key, step_noise = key_and_noise
+            batch = replay_sample(replay, key, batch_size)
+            return agent.learn_with_noise(learner, batch, step_noise)
+
+        key_steps, key_noise = jax.random.split(rng)
+        keys = jax.random.split(key_steps, updates_per_iteration)
+        learner, metrics = jax.lax.scan(one, learner, (keys, noise))
+        next_noise = agent.draw_learn_noise(key_noise, learner.params, (updates_per_iteration,))
+        return learner, jax.tree.map(jnp.sum, metrics), next_noise
 
     metric_names = ("loss", "grad_norm", "q_mean", "q_max")
 
@@ -198,7 +216,13 @@ def make_dqn_trainer(config: ConfigDict, env, env_params) -> Trainer:
         state, sums = carry
         rng, key_next_act, key_step, key_learn = jax.random.split(state.rng, 4)
         epsilon = agent.epsilon(state.env_steps)
-        action_N = agent.act(state.learner.params, state.obs, state.act_key, epsilon)
+        action_N = agent.act(
+            state.learner.params,
+            state.obs,
+            state.act_key,
+            epsilon,
+            state.act_noise if noisy else None,
+        )
         next_obs, env_state, reward_N, terminated_N, truncated_N, info = vmapped_step(
             env, env_params, key_step, state.env_state, action_N
         )
@@ -214,15 +238,22 @@ def make_dqn_trainer(config: ConfigDict, env, env_params) -> Trainer:
         warm = replay.size >= learning_starts
         learn_now = warm & (state.iteration % learn_every == 0)
         zeros = {name: jnp.zeros((), jnp.float32) for name in metric_names}
-        learner, learn_metrics = jax.lax.cond(
+        learner, learn_metrics, learn_noise = jax.lax.cond(
             learn_now,
-            lambda: learn_updates(state.learner, replay, key_learn),
-            lambda: (state.learner, zeros),
+            lambda: learn_updates(state.learner, replay, key_learn, state.learn_noise),
+            lambda: (state.learner, zeros, state.learn_noise),
         )
         # Noisy acting keeps one noise sample between optimisation steps (Sec. 3); before learning
-        # starts, and for epsilon-greedy, every step gets a fresh key.
+        # starts, and for epsilon-greedy, every step gets a fresh key (and noisy acting new noise).
         refresh = learn_now | ~warm | (not noisy)
         act_key = jnp.where(refresh, key_next_act, state.act_key)
+        act_noise = state.act_noise
+        if noisy:
+            act_noise = jax.lax.cond(
+                refresh,
+                lambda: agent.draw_act_noise(key_next_act, learner.params, num_envs),
+                lambda: state.act_noise,
+            )
         sums = {
             **{name: sums[name] + learn_metrics[name] for name in metric_names},
             "updates": sums["updates"] + jnp.where(learn_now, updates_per_iteration, 0),
@@ -235,6 +266,8 @@ def make_dqn_trainer(config: ConfigDict, env, env_params) -> Trainer:
             obs=next_obs,
             stats=stats,
             act_key=act_key,
+            act_noise=act_noise,
+            learn_noise=learn_noise,
             rng=rng,
             env_steps=state.env_steps + num_envs,
             iteration=state.iteration + 1,

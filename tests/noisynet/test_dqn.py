@@ -8,6 +8,7 @@ import pytest
 
 from configs import noisynet as noisynet_configs
 from deepgen.noisynet import dqn
+from deepgen.noisynet.networks import network_noise_size
 from deepgen.noisynet.replay import Transition, replay_add, replay_init, replay_sample
 from deepgen.noisynet.trainer import make_trainer
 
@@ -63,12 +64,12 @@ def test_deterministic_loss_matches_a_hand_computed_huber_td_error(double):
     state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
     target_params = jax.tree.map(lambda p: p * 1.5, state.params)
     batch = make_batch()
-    keys = dqn.noise_keys(jax.random.PRNGKey(1))
+    noise = agent.draw_learn_noise(jax.random.PRNGKey(1), state.params)  # size 0: baseline
     loss, _ = dqn.dqn_loss(
         state.params,
         target_params=target_params,
         batch=batch,
-        keys=keys,
+        noise=noise,
         apply_fn=agent.network.apply,
         gamma=0.9,
         double=double,
@@ -98,15 +99,17 @@ def test_online_target_and_selection_noise_are_independent_draws():
     calls = []
 
     def recording_apply(variables, obs, **kwargs):
-        calls.append((variables["params"], obs, kwargs["rngs"]["noise"]))
+        calls.append((variables["params"], obs, kwargs["noise"]))
         return agent.network.apply(variables, obs, **kwargs)
 
     batch = make_batch()
-    rng = jax.random.PRNGKey(5)
+    noise = agent.draw_learn_noise(jax.random.PRNGKey(5), state.params)
+    size = network_noise_size(state.params, "factorised")
+    assert noise.online.shape == noise.target.shape == noise.select.shape == (size,)
     dqn.learn_step(
         state,
         batch,
-        rng,
+        noise,
         apply_fn=recording_apply,
         optimizer=agent.optimizer,
         gamma=0.99,
@@ -116,20 +119,23 @@ def test_online_target_and_selection_noise_are_independent_draws():
         target_update_period=100,
     )
     assert len(calls) == 3
-    keys = dqn.noise_keys(rng)
     by_role = {}
-    for params, obs, key in calls:
+    for params, obs, sample in calls:
         is_target = params is state.target_params
         role = "target" if is_target else ("online" if obs is batch.obs else "select")
-        by_role[role] = np.asarray(jax.random.key_data(key) if key.dtype != jnp.uint32 else key)
-    np.testing.assert_array_equal(by_role["online"], keys.online)
-    np.testing.assert_array_equal(by_role["target"], keys.target)
-    np.testing.assert_array_equal(by_role["select"], keys.select)
-    assert len({tuple(k.ravel().tolist()) for k in by_role.values()}) == 3
-    # Same parameters and inputs, the three keys give three different Q functions.
+        by_role[role] = np.asarray(sample)
+    np.testing.assert_array_equal(by_role["online"], noise.online)
+    np.testing.assert_array_equal(by_role["target"], noise.target)
+    np.testing.assert_array_equal(by_role["select"], noise.select)
+    # Three separate standard-normal samples: pairwise nearly uncorrelated, unit variance.
+    samples = np.stack([by_role[r] for r in ("online", "target", "select")])
+    correlation = np.corrcoef(samples)
+    assert np.all(np.abs(correlation[np.triu_indices(3, 1)]) < 0.2), correlation
+    assert np.all(np.abs(samples.std(axis=1) - 1.0) < 0.15)
+    # Same parameters and inputs, the three samples give three different Q functions.
     qs = [
-        agent.network.apply({"params": state.params}, batch.next_obs, rngs={"noise": k})
-        for k in keys
+        agent.network.apply({"params": state.params}, batch.next_obs, noise=sample)
+        for sample in noise
     ]
     assert not np.allclose(qs[0], qs[1]) and not np.allclose(qs[1], qs[2])
 
@@ -139,11 +145,17 @@ def test_noisy_acting_ignores_epsilon_and_uses_per_row_noise():
     state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
     obs = jax.random.normal(jax.random.PRNGKey(1), (64, OBS))
     key = jax.random.PRNGKey(2)
-    actions = agent.act(state.params, obs, key, jnp.float32(1.0))
-    q = agent.network.apply(
-        {"params": state.params}, obs, per_example_noise=True, rngs={"noise": key}
-    )
+    noise = agent.draw_act_noise(key, state.params, 64)
+    actions = agent.act(state.params, obs, key, jnp.float32(1.0), noise)
+    q = agent.network.apply({"params": state.params}, obs, per_example_noise=True, noise=noise)
     np.testing.assert_array_equal(actions, np.argmax(q, axis=1))
+    # Without pre-drawn noise the agent draws the same rows from the key.
+    np.testing.assert_array_equal(agent.act(state.params, obs, key, jnp.float32(1.0)), actions)
+    same_obs = jnp.broadcast_to(obs[:1], obs.shape)  # per-row noise: one state, varied Q values
+    q_rows = agent.network.apply(
+        {"params": state.params}, same_obs, per_example_noise=True, noise=noise
+    )
+    assert np.unique(np.round(np.asarray(q_rows[:, 0]), 6)).size == 64
     baseline = dqn.make_dqn_agent(small_config(noisy=False), 2)
     params = baseline.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS))).params
     greedy = baseline.act(params, obs, key, jnp.float32(0.0))
@@ -173,7 +185,8 @@ def test_target_network_is_copied_every_period_optimisation_steps():
     )
     initial = state.target_params
     for step in range(1, 7):
-        state, _ = learn(state, make_batch(seed=step), jax.random.PRNGKey(step))
+        noise = agent.draw_learn_noise(jax.random.PRNGKey(step), state.params)
+        state, _ = learn(state, make_batch(seed=step), noise)
         same = jax.tree.map(np.array_equal, state.params, state.target_params)
         assert all(jax.tree.leaves(same)) == (step % period == 0)
         if step < period:
@@ -193,10 +206,11 @@ def test_acting_noise_is_resampled_after_every_optimisation_step_and_held_betwee
     trainer = make_trainer(config, env, env_params)
     chunk = jax.jit(trainer.train_chunk)
     state = trainer.init(jax.random.PRNGKey(0))
-    act_keys, learn_steps, warm = [], [], []
+    act_keys, act_noises, learn_steps, warm = [], [], [], []
     for _ in range(16):
         state, metrics = chunk(state)
         act_keys.append(tuple(np.asarray(state.act_key).tolist()))
+        act_noises.append(np.asarray(state.act_noise))
         learn_steps.append(int(metrics["learn_steps"]))
         warm.append(int(state.replay.size) >= config.agent.learning_starts)
     assert chunk._cache_size() == 1  # no retrace between chunks
@@ -205,6 +219,9 @@ def test_acting_noise_is_resampled_after_every_optimisation_step_and_held_betwee
         learned = learn_steps[i] > learn_steps[i - 1]
         # A new key after each optimisation step (and at every step before learning starts).
         assert (act_keys[i] != act_keys[i - 1]) == (learned or not warm[i])
+        # The drawn noise itself is held in the carry and replaced exactly then.
+        changed = not np.array_equal(act_noises[i], act_noises[i - 1])
+        assert changed == (learned or not warm[i])
         held += warm[i] and not learned
     assert learn_steps[-1] >= 3 and held >= 3
 

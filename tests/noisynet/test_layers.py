@@ -92,14 +92,34 @@ def test_noisy_output_equals_the_explicit_noisy_weight_matrix(noise_type):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def _entry_values_of_shape(hlo_text: str, shape: str) -> list[str]:
+    """Non-parameter instructions of the compiled ENTRY computation whose result is f32[shape]."""
+    entry = hlo_text[hlo_text.index("\nENTRY") :]
+    entry = entry[: entry.index("\n}")]
+    return [
+        line.strip()
+        for line in entry.splitlines()
+        if f"= f32[{shape}]" in line and " parameter(" not in line
+    ]
+
+
 def test_factorised_path_never_forms_the_p_by_q_noise_matrix():
+    """Per-example: no p x q array at all; shared: the only p x q value is mu + sigma * noise, fused."""
     layer, params = init_params("factorised")
     x = jnp.ones((3, P))
-    jaxpr = jax.make_jaxpr(lambda p, k: layer.apply({"params": p}, x, rngs={"noise": k}))(
-        params, jax.random.PRNGKey(0)
-    )
-    shapes = [v.aval.shape for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars]
-    assert (P, Q) not in shapes
+    per_example = jax.make_jaxpr(
+        lambda p, k: layer.apply({"params": p}, x, per_example_noise=True, rngs={"noise": k})
+    )(params, jax.random.PRNGKey(0))
+    shapes = [v.aval.shape for eqn in per_example.jaxpr.eqns for v in eqn.outvars]
+    assert (P, Q) not in shapes and (3, P, Q) not in shapes
+
+    def shared(p, k):
+        return layer.apply({"params": p}, x, rngs={"noise": k})
+
+    hlo = jax.jit(shared).lower(params, jax.random.PRNGKey(0)).compile().as_text()
+    values = _entry_values_of_shape(hlo, f"{P},{Q}")
+    assert len(values) <= 1, values  # at most the noisy weights, never a separate noise matrix
+    assert all(" fusion(" in v for v in values), values
     jaxpr_independent = jax.make_jaxpr(
         lambda p, k: init_params("independent")[0].apply({"params": p}, x, rngs={"noise": k})
     )(init_params("independent")[1], jax.random.PRNGKey(0))
@@ -139,3 +159,39 @@ def test_per_example_noise_draws_one_sample_per_row(noise_type):
 def test_signed_sqrt():
     x = jnp.array([-4.0, -0.25, 0.0, 0.25, 9.0])
     np.testing.assert_allclose(signed_sqrt(x), [-2.0, -0.5, 0.0, 0.5, 3.0])
+
+
+@pytest.mark.parametrize("noise_type", ["factorised", "independent"])
+def test_pre_drawn_noise_gives_the_explicit_noisy_weights_and_a_wrong_shape_is_refused(noise_type):
+    layer, params = init_params(noise_type)
+    x = jax.random.normal(jax.random.PRNGKey(4), (3, P))
+    size = P + Q if noise_type == "factorised" else (P + 1) * Q
+    noise = jax.random.normal(jax.random.PRNGKey(5), (size,))
+    if noise_type == "factorised":
+        f = np.asarray(signed_sqrt(noise))
+        eps_w, eps_b = np.outer(f[:P], f[P:]), f[P:]
+    else:
+        eps = np.asarray(noise).reshape(P + 1, Q)
+        eps_w, eps_b = eps[:P], eps[P]
+    weights = np.asarray(params["mu_w"]) + np.asarray(params["sigma_w"]) * eps_w
+    bias = np.asarray(params["mu_b"]) + np.asarray(params["sigma_b"]) * eps_b
+    out = layer.apply({"params": params}, x, noise=noise)  # no rng needed
+    np.testing.assert_allclose(out, np.asarray(x) @ weights + bias, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pre-drawn noise has shape"):
+        layer.apply({"params": params}, x, noise=noise[:-1])
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_a_noisy_q_network_pass_makes_one_normal_draw(dueling):
+    """All noisy layers of a forward pass share one draw (each draw has a fixed cost on CPU)."""
+    from deepgen.noisynet.networks import QNetwork
+
+    net = QNetwork(3, "mlp", (16, 16), 8, dueling=dueling, noisy=True)
+    obs = jnp.ones((4, 6))
+    params = net.init({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(1)}, obs)
+    for per_example in (False, True):
+        jaxpr = jax.make_jaxpr(
+            lambda p, k, pe=per_example: net.apply(p, obs, per_example_noise=pe, rngs={"noise": k})
+        )(params, jax.random.PRNGKey(2))
+        text = str(jaxpr)
+        assert text.count("random_bits") == 1 or text.count("threefry2x32") == 1, text
