@@ -5,9 +5,11 @@ E[(r + gamma max_b Q(y, b, eps'; zeta^-) - Q(x, a, eps; zeta))^2] (Huber here, a
 independent noise samples eps (online), eps' (target) and, for the double-Q target
 b* = argmax_b Q(y, b, eps''; zeta), a third one eps'' (Sec. 3.1, NoisyNet-Dueling). One noise sample
 is shared by the minibatch and a new one is drawn at every optimisation step. The baseline uses
-the mean weights and epsilon-greedy acting. Noise enters as pre-drawn N(0, 1) arrays (LearnNoise,
-and one row per environment for acting), so a training loop can draw it ahead of use: drawn in
-the same XLA computation, the normal transform would be recomputed inside every p x q loop.
+the mean weights and epsilon-greedy acting. Noise enters as pre-drawn N(0, 1) arrays (LearnNoise;
+for acting one sample shared by a seed's parallel environments, as the single actor of the paper
+and the usual implementations whose noise buffer is shared by the batch, or one per environment
+with agent.act_noise_per_env), so a training loop can draw it ahead of use: drawn in the same XLA
+computation, the normal transform would be recomputed inside every p x q loop.
 """
 
 from collections.abc import Callable
@@ -71,13 +73,16 @@ def select_action(
     apply_fn: Callable,
     epsilon: jax.Array | float,
     noisy: bool,
-    noise_BxZ: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> jax.Array:
-    """Greedy on the noisy Q with one noise row per observation (noisy), else epsilon-greedy on Q."""
+    """Greedy on the noisy Q (noise (Z,): one sample for all rows; (B, Z): one per row), else epsilon-greedy."""
     if noisy:
-        if noise_BxZ is None:
-            raise ValueError("noisy acting needs noise_BxZ, one N(0, 1) row per observation")
-        q_BxA = q_values(apply_fn, params, obs_BxO, noise_BxZ, noisy=True, per_example_noise=True)
+        if noise is None:
+            raise ValueError(
+                "noisy acting needs noise: one N(0, 1) sample (Z,) or one per row (B, Z)"
+            )
+        per_row = noise.ndim == 2
+        q_BxA = q_values(apply_fn, params, obs_BxO, noise, noisy=True, per_example_noise=per_row)
         return jnp.argmax(q_BxA, axis=-1).astype(jnp.int32)
     q_BxA = q_values(apply_fn, params, obs_BxO, None, noisy=False)
     key_explore, key_action = jax.random.split(rng)
@@ -204,8 +209,15 @@ def make_dqn_agent(config: ConfigDict, num_actions: int) -> DQNAgent:
     def noise_size(params: Any) -> int:
         return network_noise_size(params, agent.noise_type) if noisy else 0
 
-    def draw_act_noise(rng: jax.Array, params: Any, num_rows: int) -> jax.Array | None:
-        return jax.random.normal(rng, (num_rows, noise_size(params))) if noisy else None
+    def draw_act_noise(
+        rng: jax.Array, params: Any, num_rows: int, per_row: bool | None = None
+    ) -> jax.Array | None:
+        """Acting noise: (num_rows, Z) if per_row (default agent.act_noise_per_env), else (Z,)."""
+        if not noisy:
+            return None
+        per_row = bool(agent.get("act_noise_per_env", False)) if per_row is None else per_row
+        shape = (num_rows, noise_size(params)) if per_row else (noise_size(params),)
+        return jax.random.normal(rng, shape)
 
     def draw_learner_noise(
         rng: jax.Array, params: Any, leading: tuple[int, ...] = ()
@@ -217,18 +229,12 @@ def make_dqn_agent(config: ConfigDict, num_actions: int) -> DQNAgent:
         obs_BxO: jax.Array,
         rng: jax.Array,
         epsilon: jax.Array,
-        noise_BxZ: jax.Array | None = None,
+        noise: jax.Array | None = None,
     ) -> jax.Array:
-        if noisy and noise_BxZ is None:
-            noise_BxZ = draw_act_noise(rng, params, obs_BxO.shape[0])
+        if noisy and noise is None:  # a fresh sample for every row (evaluation, host loops)
+            noise = draw_act_noise(rng, params, obs_BxO.shape[0], per_row=True)
         return select_action(
-            params,
-            obs_BxO,
-            rng,
-            apply_fn=network.apply,
-            epsilon=epsilon,
-            noisy=noisy,
-            noise_BxZ=noise_BxZ,
+            params, obs_BxO, rng, apply_fn=network.apply, epsilon=epsilon, noisy=noisy, noise=noise
         )
 
     def learn(state: LearnerState, batch: Transition, rng: jax.Array) -> tuple[LearnerState, dict]:

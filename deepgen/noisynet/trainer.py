@@ -125,12 +125,9 @@ class DQNTrainerState(NamedTuple):
     obs: jax.Array
     stats: EpisodeStats
     act_key: jax.Array
-    act_noise: (
-        jax.Array | None
-    )  # (num_envs, Z) N(0, 1), held between optimisation steps; None: baseline
-    learn_noise: (
-        dqn.LearnNoise | None
-    )  # for the next iteration's optimisation steps, leading axis U
+    # N(0, 1) acting noise, (Z,) or (num_envs, Z), held between optimisation steps (None: baseline)
+    act_noise: jax.Array | None
+    learn_noise: dqn.LearnNoise | None  # for the next iteration's optimisation steps (leading U)
     rng: jax.Array
     env_steps: jax.Array
     iteration: jax.Array

@@ -145,7 +145,7 @@ def test_noisy_acting_ignores_epsilon_and_uses_per_row_noise():
     state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
     obs = jax.random.normal(jax.random.PRNGKey(1), (64, OBS))
     key = jax.random.PRNGKey(2)
-    noise = agent.draw_act_noise(key, state.params, 64)
+    noise = agent.draw_act_noise(key, state.params, 64, per_row=True)
     actions = agent.act(state.params, obs, key, jnp.float32(1.0), noise)
     q = agent.network.apply({"params": state.params}, obs, per_example_noise=True, noise=noise)
     np.testing.assert_array_equal(actions, np.argmax(q, axis=1))
@@ -156,6 +156,15 @@ def test_noisy_acting_ignores_epsilon_and_uses_per_row_noise():
         {"params": state.params}, same_obs, per_example_noise=True, noise=noise
     )
     assert np.unique(np.round(np.asarray(q_rows[:, 0]), 6)).size == 64
+    # The default for the training loop: one sample shared by all rows (environments).
+    shared = agent.draw_act_noise(key, state.params, 64)
+    assert shared.shape == (network_noise_size(state.params, "factorised"),)
+    q_shared = agent.network.apply({"params": state.params}, same_obs, noise=shared)
+    np.testing.assert_allclose(q_shared, np.broadcast_to(q_shared[:1], q_shared.shape), rtol=1e-6)
+    np.testing.assert_array_equal(
+        agent.act(state.params, obs, key, jnp.float32(1.0), shared),
+        np.argmax(agent.network.apply({"params": state.params}, obs, noise=shared), axis=1),
+    )
     baseline = dqn.make_dqn_agent(small_config(noisy=False), 2)
     params = baseline.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS))).params
     greedy = baseline.act(params, obs, key, jnp.float32(0.0))
