@@ -123,7 +123,7 @@ def _smoke(noisy: bool, **overrides):
 
 
 class _ProbeNetwork:
-    """The actor-critic, plus a report of its logits at a fixed observation with the same noise key."""
+    """The actor-critic, plus a report of its logits at a fixed observation with the same noise."""
 
     def __init__(self, inner, probe_obs_1xO, records):
         self.inner, self.probe_obs_1xO, self.records = inner, probe_obs_1xO, records
@@ -131,15 +131,15 @@ class _ProbeNetwork:
     def init(self, rngs, obs):
         return self.inner.init(rngs, obs)
 
-    def apply(self, params, obs_BxO, *, rngs):
-        probe_logits, _ = self.inner.apply(params, self.probe_obs_1xO, rngs=rngs)
+    def apply(self, params, obs_BxO, *, noise):
+        probe_logits, _ = self.inner.apply(params, self.probe_obs_1xO, noise=noise)
         jax.debug.callback(
             lambda batch, logits: self.records.append((int(batch), np.asarray(logits))),
             obs_BxO.shape[0],
             probe_logits[0],
             ordered=True,
         )
-        return self.inner.apply(params, obs_BxO, rngs=rngs)
+        return self.inner.apply(params, obs_BxO, noise=noise)
 
 
 def test_noisy_a2c_holds_one_noise_sample_per_rollout_and_learner_uses_it():
