@@ -45,7 +45,7 @@ from deepgen.core.optim import learning_rate_schedule, make_optimizer
 from deepgen.core.train_loop import _SignalFlag
 from deepgen.noisynet.a2c import Transitions, a2c_loss, nstep_returns
 from deepgen.noisynet.atari import AtariVecEnv, clip_reward, env_options, eval_episodes, rom_id
-from deepgen.noisynet.atari_loop import eval_summary
+from deepgen.noisynet.atari_loop import eval_summary, make_checkpointer, prune_host_files
 from deepgen.noisynet.networks import ActorCritic, make_actor_critic
 
 log = logging.getLogger(__name__)
@@ -318,15 +318,6 @@ def run(config: ConfigDict, workdir: str, *, mode: str) -> int:
     raise UserError(f"--mode={mode} is not available for ALE runs: use --mode=train or --mode=eval")
 
 
-def _checkpointer(config: ConfigDict, workdir: str) -> Checkpointer:
-    return Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=int(config.ckpt.keep),
-        save_every=int(config.ckpt.every),
-        async_save=bool(config.ckpt.get("async_save", False)),
-    )
-
-
 def _host_path(workdir: str, step: int) -> str:
     return os.path.join(workdir, HOST_DIR, f"host_{step}.npz")
 
@@ -341,14 +332,7 @@ def _save_host(workdir: str, step: int, envs: AtariVecEnv, obs_ExHxWxS: np.ndarr
 
 
 def _prune_host(workdir: str, keep_steps: list[int]) -> None:
-    directory = os.path.join(workdir, HOST_DIR)
-    if not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        if name.startswith("host_") and name.endswith(".npz"):
-            step = name[len("host_") : -len(".npz")]
-            if not step.isdigit() or int(step) not in keep_steps:
-                os.remove(os.path.join(directory, name))
+    prune_host_files(os.path.join(workdir, HOST_DIR), keep_steps)
 
 
 def _empty_chunk() -> dict:
@@ -378,7 +362,7 @@ def _train(config: ConfigDict, workdir: str) -> int:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    checkpointer = _checkpointer(config, workdir)
+    checkpointer = make_checkpointer(config, workdir)
     log.info(
         "ALE %s: %d actions, %d envs x %d steps per update, %s",
         experiment.game,
@@ -540,7 +524,7 @@ def _evaluate(config: ConfigDict, workdir: str) -> int:
     if not os.path.isdir(ckpt_dir):
         raise UserError(missing)
     experiment = AtariA2CExperiment(config)
-    checkpointer = _checkpointer(config, workdir)
+    checkpointer = make_checkpointer(config, workdir)
     latest = checkpointer.latest_step()
     if latest is None:
         checkpointer.close()

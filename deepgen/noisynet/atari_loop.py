@@ -156,7 +156,8 @@ def run(config: ConfigDict, workdir: str, *, mode: str) -> int:
     raise UserError(f"--mode={mode} is not available for ALE runs: use --mode=train or --mode=eval")
 
 
-def _checkpointer(config: ConfigDict, workdir: str) -> Checkpointer:
+def make_checkpointer(config: ConfigDict, workdir: str) -> Checkpointer:
+    """The learner's Orbax checkpointer in workdir/checkpoints (shared by the Atari host loops)."""
     return Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=int(config.ckpt.keep),
@@ -190,7 +191,11 @@ def _save_host(workdir: str, step: int, replay: FrameReplay, envs: AtariVecEnv, 
 
 
 def _prune_host(workdir: str, keep_steps: list[int]) -> None:
-    directory = os.path.join(workdir, REPLAY_DIR)
+    prune_host_files(os.path.join(workdir, REPLAY_DIR), keep_steps)
+
+
+def prune_host_files(directory: str, keep_steps: list[int]) -> None:
+    """Delete host_<step>.npz files in directory whose step is not in keep_steps."""
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
@@ -218,7 +223,7 @@ def _train(config: ConfigDict, workdir: str) -> int:
     )
     envs = experiment.make_envs(num_envs=num_envs, stream=_ACT)
     _write_config(config, workdir)
-    checkpointer = _checkpointer(config, workdir)
+    checkpointer = make_checkpointer(config, workdir)
     log.info(
         "ALE %s: %d actions, %d envs, replay %d frames (%.2f GB host memory)",
         experiment.game,
@@ -413,7 +418,7 @@ def _evaluate(config: ConfigDict, workdir: str) -> int:
     if not os.path.isdir(ckpt_dir):
         raise UserError(missing)
     experiment = AtariExperiment(config)
-    checkpointer = _checkpointer(config, workdir)
+    checkpointer = make_checkpointer(config, workdir)
     latest = checkpointer.latest_step()
     if latest is None:
         checkpointer.close()
