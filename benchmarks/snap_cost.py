@@ -79,8 +79,11 @@ def make_problem(kind: str, k: int, density: float, input_size: int, steps: int)
 
 
 def time_estimator(name, config, params, masks, readout_params, xs, ys, repeats):
-    """(median, min seconds per step, trace bytes) of the online estimator `name`."""
-    estimator = est_lib.make_estimator(name, config, readout_loss=readout_loss, masks=masks)
+    """(median, min seconds per step, trace bytes) of the online estimator `name` ("snap1_bL": blocked)."""
+    base_name, _, block = name.partition("_b")
+    estimator = est_lib.make_estimator(
+        base_name, config, readout_loss=readout_loss, masks=masks, snap_block=int(block or 1)
+    )
     state0 = cells.initial_state(config)
     traces = estimator.init_traces(params, masks, readout_params, state0)
     keys = jax.random.split(jax.random.key(4), xs.shape[0])
@@ -199,7 +202,9 @@ def main() -> None:
                         if name == "rtrl" and k > args.rtrl_max_size:
                             continue
                         if name.startswith("snap"):
-                            structure = est_lib.snap_structure(config, masks, int(name[4:]))
+                            structure = est_lib.snap_structure(
+                                config, masks, int(name.partition("_b")[0][4:])
+                            )
                             if est_lib.snap_trace_size(structure, params) > args.snap_max_entries:
                                 print(
                                     f"skip {name} {kind} d={density} k={k}: too many entries",
@@ -291,20 +296,24 @@ def build_report(rows, cell_kinds, densities, sizes, names, args) -> str:
                     f"| {a_min:.2f} | {a_tail:.2f} |"
                 )
     lines += ["", "SnAp-1 / BPTT time per step (BPTT = one L-step forward+backward / L)", ""]
-    lines += ["| cell | density | k | ratio (median) | ratio (min) |", "|---|---|---|---|---|"]
+    lines += [
+        "| cell | density | k | estimator | ratio (median) | ratio (min) |",
+        "|---|---|---|---|---|---|",
+    ]
     index = {(r["cell"], r["density"], r["k"], r["estimator"]): r for r in rows}
+    snap1_names = [name for name in names if name.partition("_b")[0] == "snap1"]
     for kind in cell_kinds:
         for density in densities:
             for k in sizes:
-                snap1, bptt = (
-                    index.get((kind, density, k, "snap1")),
-                    index.get((kind, density, k, "bptt")),
-                )
-                if snap1 and bptt:
-                    lines.append(
-                        f"| {kind} | {density} | {k} | {snap1['seconds'] / bptt['seconds']:.2f} "
-                        f"| {snap1['fastest'] / bptt['fastest']:.2f} |"
-                    )
+                bptt = index.get((kind, density, k, "bptt"))
+                for name in snap1_names:
+                    snap1 = index.get((kind, density, k, name))
+                    if snap1 and bptt:
+                        lines.append(
+                            f"| {kind} | {density} | {k} | {name} "
+                            f"| {snap1['seconds'] / bptt['seconds']:.2f} "
+                            f"| {snap1['fastest'] / bptt['fastest']:.2f} |"
+                        )
     lines += [
         "",
         "SnAp-2 vs RTRL (RTRL beyond --rtrl_max_size: extrapolated from its fitted k-exponent)",

@@ -37,6 +37,9 @@ def _base(task: str, cell: str) -> ConfigDict:
     config.estimator.name = "snap1"
     config.estimator.truncation = 16  # tbptt window in steps; bptt uses the whole sequence
     config.estimator.max_influence_gib = 4.0  # RTRL refuses influence matrices larger than this
+    # snap1 only: fold this many steps at a time into the traces (the same estimate, computed with
+    # matrix products; the weights then change only at block ends). 1 = step by step.
+    config.estimator.snap_block = 1
 
     config.train.online = True
     config.train.update_every = 1

@@ -42,6 +42,9 @@ class Estimator(NamedTuple):
     step: Callable  # (params, masks, readout_params, state_S, traces, x_I, y, rng) -> (state, traces, grads, loss, ready)
     consume: Callable  # traces -> traces with zeroed gradient accumulators
     reset: Callable  # traces -> all-zero traces
+    # (params, masks, traces) -> cell gradient of steps buffered but not yet in the traces' gradient
+    # (a partial window or block at the end of a sequence); None when every step's gradient is in.
+    pending_grads: Callable | None = None
 
 
 def _zeros_like(tree):
@@ -157,7 +160,31 @@ def _make_tbptt(name: str, config: CellConfig, readout_loss: ReadoutLoss, window
         )
         return new_S, new_traces, (new_traces["grad_cell"], new_traces["grad_readout"]), loss, ready
 
-    return Estimator(name, init_traces, step, _consume, _reset)
+    def pending_grads(params, masks, traces):
+        return truncated_window_grads(config, params, masks, traces)
+
+    return Estimator(name, init_traces, step, _consume, _reset, pending_grads)
+
+
+def truncated_window_grads(config: CellConfig, params, masks, traces: dict):
+    """Cell gradient of the partial window (truncated) BPTT holds in its buffer, one stream.
+
+    At the end of a sequence the window may be incomplete (copy strings have any length); its
+    gradient is the vjp of the buffered steps with the cotangents of the steps not yet taken set
+    to zero (those steps then influence nothing).
+    """
+    window = traces["xs"].shape[0]
+    valid_T = (jnp.arange(window) < traces["count"]).astype(traces["deltas"].dtype)
+
+    def states_fn(p):
+        def body(state_S, x_I):
+            state_S = cells.cell_step(config, p, masks, state_S, x_I)
+            return state_S, state_S
+
+        return jax.lax.scan(body, traces["state0"], traces["xs"])[1]
+
+    _, vjp = jax.vjp(states_fn, params)
+    return vjp(traces["deltas"] * valid_T[:, None])[0]
 
 
 # ----------------------------------------------------------------------------------------------- RTRL
@@ -456,6 +483,79 @@ def _make_snap(config: CellConfig, readout_loss: ReadoutLoss, n: int, masks) -> 
     return estimator
 
 
+class _Snap1Rows(NamedTuple):
+    """One step's row coefficients of SnAp-1 (R = G·k rows, B = state components per unit)."""
+
+    d_rows_BxBxR: jax.Array  # D_t with keep: ∂s_t[b, u] / ∂s_{t-1}[b', u] on the rows of unit u
+    sens_inp_BxR: jax.Array  # ∂s_t[b, u] / ∂(input preactivation of row (g, u)), with keep
+    sens_rec_BxR: jax.Array  # ∂s_t[b, u] / ∂(recurrent preactivation of row (g, u)), with keep
+    delta_BxR: jax.Array  # ∂ℓ_t / ∂s_t[b, u], tiled over the gates
+
+
+_SNAP1_LEAVES = {"w_x": ("inp", "x"), "b": ("inp", None), "w_h": ("rec", "h"), "b_h": ("rec", None)}
+
+
+def _snap1_forward(config, readout_loss, params, masks, readout_params, state_S, x_I, y):
+    """(preactivations (inp, rec), new state, loss, readout grads, ∂loss/∂new state) of one step."""
+    inp_GxK = cells.input_preactivation(config, params, masks, x_I)
+    rec_GxK = cells.recurrent_preactivation(config, params, masks, state_S)
+    new_S = cells.elementwise_update(config, inp_GxK, rec_GxK, state_S)
+    loss, grad_ro, delta_S = _readout_value_and_grads(
+        config, readout_loss, readout_params, new_S, y
+    )
+    return (inp_GxK, rec_GxK), new_S, loss, grad_ro, delta_S
+
+
+def _snap1_rows(config, keep_rows_BxR, params, masks, inp_GxK, rec_GxK, state_S, delta_S):
+    """SnAp-1 row coefficients of one step: one vjp of the element-wise update per component."""
+    wiring = cells.cell_wiring(config.kind)
+    k, comps, gates = config.hidden_size, wiring.num_components, wiring.num_gates
+    dtype = state_S.dtype
+    _, vjp = jax.vjp(
+        lambda i, r, s: cells.elementwise_update(config, i, r, s), inp_GxK, rec_GxK, state_S
+    )
+    component_ones_BxS = jnp.repeat(jnp.eye(comps, dtype=dtype), k, axis=1)
+    sens_inp_BxGxK, sens_rec_BxGxK, sens_state_BxS = jax.vmap(vjp)(component_ones_BxS)
+    weights_diag_GxK = jnp.diagonal(params["w_h"] * masks["w_h"], axis1=1, axis2=2)
+    through_h_BxK = jnp.einsum("bgk,gk->bk", sens_rec_BxGxK, weights_diag_GxK)
+    d_local_BxBxK = sens_state_BxS.reshape(comps, comps, k).at[:, 0].add(through_h_BxK)
+    keep_BxR = jnp.asarray(keep_rows_BxR, dtype)
+    return _Snap1Rows(
+        d_rows_BxBxR=jnp.tile(d_local_BxBxK, (1, 1, gates)) * keep_BxR[:, None, :],
+        sens_inp_BxR=sens_inp_BxGxK.reshape(comps, gates * k) * keep_BxR,
+        sens_rec_BxR=sens_rec_BxGxK.reshape(comps, gates * k) * keep_BxR,
+        delta_BxR=jnp.tile(delta_S.reshape(comps, k), (1, gates)),
+    )
+
+
+def _unmasked_leaves(masks) -> set:
+    """Leaves whose concrete mask is all ones (their mask multiply can be skipped); none if traced."""
+    if masks is None or any(isinstance(m, jax.core.Tracer) for m in masks.values()):
+        return set()
+    return {name for name, m in masks.items() if np.all(np.asarray(m) != 0)}
+
+
+def _snap1_layout(config: CellConfig):
+    """(components, gates, k, keep_rows_BxR): keep[b, (g, u)] says whether gate g writes component b."""
+    wiring = cells.cell_wiring(config.kind)
+    k = config.hidden_size
+    keep_rows_BxR = np.repeat(np.asarray(wiring.gate_writes, np.float32), k, axis=1)
+    return wiring.num_components, wiring.num_gates, k, keep_rows_BxR
+
+
+def _snap1_init_traces(config: CellConfig):
+    comps, gates, k, _ = _snap1_layout(config)
+
+    def init_traces(params, masks, readout_params, state_S):
+        influence = {
+            name: jnp.zeros((comps * gates * k, *leaf.shape[2:]), leaf.dtype)
+            for name, leaf in params.items()
+        }
+        return {**_base_traces(params, readout_params), "influence": influence}
+
+    return init_traces
+
+
 def _make_snap1(config: CellConfig, readout_loss: ReadoutLoss, masks) -> Estimator:
     """SnAp-1 as row-scaled element-wise work on parameter-shaped traces: no vjp through the weights.
 
@@ -475,66 +575,38 @@ def _make_snap1(config: CellConfig, readout_loss: ReadoutLoss, masks) -> Estimat
     Equal to `_make_snap` at n = 1 (tested). Weight masks that are all ones in the concrete `masks`
     given here are skipped in the step (one pass less); without them every mask is applied.
     """
-    unmasked_leaves = set()
-    if masks is not None and not any(isinstance(m, jax.core.Tracer) for m in masks.values()):
-        unmasked_leaves = {name for name, m in masks.items() if np.all(np.asarray(m) != 0)}
-    wiring = cells.cell_wiring(config.kind)
-    k, comps, gates = config.hidden_size, wiring.num_components, wiring.num_gates
-    keep_rows_BxR = np.repeat(np.asarray(wiring.gate_writes, np.float32), k, axis=1)  # R = G·k
-    leaf_inputs = {
-        "w_x": ("inp", "x"),
-        "b": ("inp", None),
-        "w_h": ("rec", "h"),
-        "b_h": ("rec", None),
-    }
-
-    def init_traces(params, masks, readout_params, state_S):
-        influence = {
-            name: jnp.zeros((comps * gates * k, *leaf.shape[2:]), leaf.dtype)
-            for name, leaf in params.items()
-        }
-        return {**_base_traces(params, readout_params), "influence": influence}
+    unmasked_leaves = _unmasked_leaves(masks)
+    comps, gates, k, keep_rows_BxR = _snap1_layout(config)
+    rows = gates * k
 
     def step(params, masks, readout_params, state_S, traces, x_I, y, rng):
         del rng
         dtype = state_S.dtype
-        inp_GxK = cells.input_preactivation(config, params, masks, x_I)
-        rec_GxK = cells.recurrent_preactivation(config, params, masks, state_S)
-        new_S, vjp = jax.vjp(
-            lambda i, r, s: cells.elementwise_update(config, i, r, s), inp_GxK, rec_GxK, state_S
+        (inp_GxK, rec_GxK), new_S, loss, grad_ro, delta_S = _snap1_forward(
+            config, readout_loss, params, masks, readout_params, state_S, x_I, y
         )
-        component_ones_BxS = jnp.repeat(jnp.eye(comps, dtype=dtype), k, axis=1)
-        sens_inp_BxGxK, sens_rec_BxGxK, sens_state_BxS = jax.vmap(vjp)(component_ones_BxS)
-        weights_diag_GxK = jnp.diagonal(params["w_h"] * masks["w_h"], axis1=1, axis2=2)
-        through_h_BxK = jnp.einsum("bgk,gk->bk", sens_rec_BxGxK, weights_diag_GxK)
-        d_local_BxBxK = sens_state_BxS.reshape(comps, comps, k).at[:, 0].add(through_h_BxK)
-        keep_BxR = jnp.asarray(keep_rows_BxR, dtype)
-        d_rows_BxBxR = jnp.tile(d_local_BxBxK, (1, 1, gates)) * keep_BxR[:, None, :]
-        sens_rows = {
-            "inp": sens_inp_BxGxK.reshape(comps, gates * k) * keep_BxR,
-            "rec": sens_rec_BxGxK.reshape(comps, gates * k) * keep_BxR,
-        }
-        loss, grad_ro, delta_S = _readout_value_and_grads(
-            config, readout_loss, readout_params, new_S, y
+        step_rows = _snap1_rows(
+            config, keep_rows_BxR, params, masks, inp_GxK, rec_GxK, state_S, delta_S
         )
+        d_rows_BxBxR = step_rows.d_rows_BxBxR
+        sens_rows = {"inp": step_rows.sens_inp_BxR, "rec": step_rows.sens_rec_BxR}
         # The gradient of step t is Σ_b δ_b ⊙ J_t[b] = Σ_b' (Σ_b δ_b D[b, b']) ⊙ J_{t-1}[b'] + Σ_b δ_b I_t[b]:
         # written on the old traces, the accumulation needs no materialised J_t.
-        delta_rows_BxR = jnp.tile(delta_S.reshape(comps, k), (1, gates))
+        delta_rows_BxR = step_rows.delta_BxR
         grad_d_rows_BxR = jnp.einsum("br,bcr->cr", delta_rows_BxR, d_rows_BxBxR)
         grad_sens_rows = {
-            kind: jnp.sum(delta_rows_BxR * rows, axis=0) for kind, rows in sens_rows.items()
+            kind: jnp.sum(delta_rows_BxR * rows_BxR, axis=0) for kind, rows_BxR in sens_rows.items()
         }
         layer_inputs = {"x": x_I, "h": cells.hidden(config, state_S)}
         influence, grad_cell = {}, {}
         for name, leaf in params.items():
-            sens_kind, input_kind = leaf_inputs[name]
-            rows = gates * k
+            sens_kind, input_kind = _SNAP1_LEAVES[name]
             old_BxRxC = [traces["influence"][name][b * rows : (b + 1) * rows] for b in range(comps)]
             column = (lambda a: a[:, None]) if input_kind else (lambda a: a)
             if input_kind:
                 inputs = layer_inputs[input_kind]
                 if name not in unmasked_leaves:
-                    inputs = masks[name].reshape(gates * k, -1) * inputs
+                    inputs = masks[name].reshape(rows, -1) * inputs
 
                 def immediate(rows_R, inputs=inputs):
                     return rows_R[:, None] * inputs
@@ -568,7 +640,184 @@ def _make_snap1(config: CellConfig, readout_loss: ReadoutLoss, masks) -> Estimat
             jnp.array(True),
         )
 
-    return Estimator("snap1", init_traces, step, _consume, _reset)
+    return Estimator("snap1", _snap1_init_traces(config), step, _consume, _reset)
+
+
+def _make_snap1_blocked(
+    config: CellConfig, readout_loss: ReadoutLoss, masks, block: int
+) -> Estimator:
+    """SnAp-1 folded into its traces every `block` steps with batched work: the same estimate.
+
+    Within a block the weights are fixed, so the per-row recursion J_t = D_t J_{t-1} + c_t ⊗ in_t
+    (see `_make_snap1`; D_t is B x B per row, c_t the row coefficients, in_t = x_t, h_{t-1} or 1)
+    unrolls over steps 1..L of the block to
+        J_L = P J_0 + Σ_s e_s ⊗ in_s,   e_s = D_L ... D_{s+1} c_s,   P = D_L ... D_1,
+        Σ_t δ_tᵀ J_t = Λ J_0 + Σ_s (λ_sᵀ c_s) in_s,   λ_s = δ_s + D_{s+1}ᵀ λ_{s+1},   Λ = λ_1ᵀ D_1.
+    A step runs only the cell's forward and the readout and buffers the preactivations, the state,
+    the input and δ_t. Every L steps the row coefficients of all L steps are computed at once, a
+    reverse scan over L gives e_s, λ_s, P and Λ (O(L·G·k·B²) work), and the p-sized traces and
+    gradient are read and written once, the Σ_s being one (rows x L) @ (L x C) product per leaf.
+    The gradient is ready (and the weights may change) only at block ends: `ready` says when;
+    `pending_grads` gives the gradient of a partial block at the end of a sequence.
+    """
+    unmasked_leaves = _unmasked_leaves(masks)
+    comps, gates, k, keep_rows_BxR = _snap1_layout(config)
+    rows = gates * k
+    base_init = _snap1_init_traces(config)
+
+    state_size = cells.state_size(config)
+    # One buffer row per step (one write per step): [inp (G·k), rec (G·k), s_{t-1}, δ_t, x_t].
+    row_sizes = {"inp": rows, "rec": rows, "state": state_size, "delta": state_size}
+    row_sizes["x"] = config.input_size
+    row_offsets = dict(zip(row_sizes, np.cumsum([0, *row_sizes.values()])[:-1], strict=True))
+
+    def unpack(buffer_LxW):
+        parts = {
+            name: buffer_LxW[:, row_offsets[name] : row_offsets[name] + size]
+            for name, size in row_sizes.items()
+        }
+        parts["inp"] = parts["inp"].reshape(block, gates, k)
+        parts["rec"] = parts["rec"].reshape(block, gates, k)
+        return parts
+
+    def init_traces(params, masks, readout_params, state_S):
+        return {
+            **base_init(params, masks, readout_params, state_S),
+            "buffer": jnp.zeros((block, sum(row_sizes.values())), state_S.dtype),
+            "count": jnp.zeros((), jnp.int32),
+        }
+
+    def fold(params, masks, traces, num_valid, with_traces: bool):
+        """(grad increment, new influence or None) of the first num_valid buffered steps."""
+        buffer = unpack(traces["buffer"])
+        dtype = traces["buffer"].dtype
+        rows_L = jax.vmap(
+            lambda i, r, s, d: _snap1_rows(config, keep_rows_BxR, params, masks, i, r, s, d)
+        )(buffer["inp"], buffer["rec"], buffer["state"], buffer["delta"])
+        valid_L = jnp.arange(block) < num_valid
+        eye_BxBx1 = jnp.eye(comps, dtype=dtype)[:, :, None]
+        # Steps not taken: D = I, c = 0, δ = 0, so they change nothing.
+        d_LxBxBxR = jnp.where(valid_L[:, None, None, None], rows_L.d_rows_BxBxR, eye_BxBx1)
+
+        def zero_invalid(a):
+            return a * valid_L[:, None, None].astype(dtype)
+
+        coeffs = {
+            "inp": zero_invalid(rows_L.sens_inp_BxR),
+            "rec": zero_invalid(rows_L.sens_rec_BxR),
+        }
+        delta_LxBxR = zero_invalid(rows_L.delta_BxR)
+
+        # B x B algebra per row as explicit multiply-adds (B <= 2): no reductions or tiny dots,
+        # which XLA CPU runs as library calls far slower than these few flops.
+        span = range(comps)
+
+        def matmul(x, y):  # (..., B, B, R) @ (..., B, B, R), per row
+            return jnp.stack(
+                [
+                    jnp.stack(
+                        [sum(x[..., b, c, :] * y[..., c, e, :] for c in span) for e in span], -2
+                    )
+                    for b in span
+                ],
+                -3,
+            )
+
+        def vecmat(v, m):  # (..., B, R) row vectors times (..., B, B, R)
+            return jnp.stack([sum(v[..., b, :] * m[..., b, e, :] for b in span) for e in span], -2)
+
+        def vecdot(u, v):  # Σ_b u[b] v[b]: (..., B, R) -> (..., R)
+            return sum(u[..., b, :] * v[..., b, :] for b in span)
+
+        # μ_s = (δ_s + μ_{s+1}) D_s is an affine map v -> b_s + v A_s (A_s = D_s, b_s = δ_s D_s) applied
+        # to μ_{s+1}; composed from the end of the block (a parallel scan, log L depth), the maps
+        # give μ_s and their linear parts Q_s = D_L ... D_s at once.
+        def compose(later, earlier):  # earlier ∘ later
+            a_later, b_later = later
+            a_earlier, b_earlier = earlier
+            return matmul(a_later, a_earlier), vecmat(b_later, a_earlier) + b_earlier
+
+        q_LxBxBxR, mu_LxBxR = jax.lax.associative_scan(
+            compose, (d_LxBxBxR, vecmat(delta_LxBxR, d_LxBxBxR)), reverse=True
+        )
+        eye_1xBxBxR = jnp.broadcast_to(eye_BxBx1, (1, comps, comps, rows))
+        lam_LxBxR = delta_LxBxR + jnp.concatenate([mu_LxBxR[1:], jnp.zeros_like(mu_LxBxR[:1])])
+        to_end_LxBxBxR = jnp.concatenate([q_LxBxBxR[1:], eye_1xBxBxR])  # R_s = D_L ... D_{s+1}
+        lam_d_BxR, to_end_BxBxR = mu_LxBxR[0], q_LxBxBxR[0]  # Λ = λ_1ᵀ D_1, P = D_L ... D_1
+        grad_LxR = {kind: vecdot(lam_LxBxR, c_LxBxR) for kind, c_LxBxR in coeffs.items()}
+        to_end_LxBxR = {
+            kind: jnp.stack([vecdot(to_end_LxBxBxR[:, b], c_LxBxR) for b in span], axis=1)
+            for kind, c_LxBxR in coeffs.items()
+        }
+        layer_inputs = {"x": buffer["x"], "h": cells.hidden(config, buffer["state"])}
+        grad_cell, influence = {}, {}
+        for name, leaf in params.items():
+            sens_kind, input_kind = _SNAP1_LEAVES[name]
+            old_BxRxC = [traces["influence"][name][b * rows : (b + 1) * rows] for b in range(comps)]
+            column = (lambda a: a[:, None]) if input_kind else (lambda a: a)
+            # Rows (L, n·R) for n = [the gradient, then the B trace components if wanted].
+            stacked = [grad_LxR[sens_kind][:, None]]
+            if with_traces:
+                stacked.append(to_end_LxBxR[sens_kind])
+            coeffs_LxNR = jnp.concatenate(stacked, axis=1).reshape(block, -1)
+            if input_kind:
+                summed_NRxC = coeffs_LxNR.T @ layer_inputs[input_kind]
+                summed = summed_NRxC.reshape(-1, rows, summed_NRxC.shape[-1])
+                if name not in unmasked_leaves:
+                    summed = summed * masks[name].reshape(rows, -1)
+            else:
+                summed = jnp.sum(coeffs_LxNR, axis=0).reshape(-1, rows)
+            grad_rows = summed[0] + sum(
+                column(lam_d_BxR[b_in]) * old_BxRxC[b_in] for b_in in range(comps)
+            )
+            grad_cell[name] = grad_rows.reshape(leaf.shape)
+            if with_traces:
+                new_rows = [
+                    sum(column(to_end_BxBxR[b, b_in]) * old_BxRxC[b_in] for b_in in range(comps))
+                    + summed[1 + b]
+                    for b in range(comps)
+                ]
+                influence[name] = new_rows[0] if comps == 1 else jnp.concatenate(new_rows)
+        return grad_cell, (influence if with_traces else None)
+
+    def step(params, masks, readout_params, state_S, traces, x_I, y, rng):
+        del rng
+        (inp_GxK, rec_GxK), new_S, loss, grad_ro, delta_S = _snap1_forward(
+            config, readout_loss, params, masks, readout_params, state_S, x_I, y
+        )
+        count = traces["count"]
+        row_W = jnp.concatenate([inp_GxK.reshape(-1), rec_GxK.reshape(-1), state_S, delta_S, x_I])
+        buffer = jax.lax.dynamic_update_index_in_dim(traces["buffer"], row_W, count, 0)
+        ready = count + 1 == block
+        filled = {**traces, "buffer": buffer}
+
+        def fold_once(_, current):
+            grad_add, influence = fold(params, masks, current, block, with_traces=True)
+            grad_cell = jax.tree.map(jnp.add, current["grad_cell"], grad_add)
+            buffer = _zeros_like(
+                current["buffer"]
+            )  # folded in; zeroing it also makes it loop-variant
+            return {**current, "buffer": buffer, "influence": influence, "grad_cell": grad_cell}
+
+        # A loop run once at a block end and never otherwise: XLA updates a while loop's carry in
+        # place, where a lax.cond copied the p-sized traces on every step. The fold reads only the
+        # carry, and changes all of it, or XLA would hoist the work out of the loop to every step.
+        filled = jax.lax.fori_loop(0, ready.astype(jnp.int32), fold_once, filled)
+        influence, grad_cell = filled["influence"], filled["grad_cell"]
+        new_traces = {
+            **filled,
+            "influence": influence,
+            "grad_cell": grad_cell,
+            "grad_readout": jax.tree.map(jnp.add, traces["grad_readout"], grad_ro),
+            "count": jnp.where(ready, 0, count + 1).astype(jnp.int32),
+        }
+        return new_S, new_traces, (new_traces["grad_cell"], new_traces["grad_readout"]), loss, ready
+
+    def pending_grads(params, masks, traces):
+        """Cell gradient of the steps buffered since the last block end (zero if none)."""
+        return fold(params, masks, traces, traces["count"], with_traces=False)[0]
+
+    return Estimator("snap1", init_traces, step, _consume, _reset, pending_grads)
 
 
 # ----------------------------------------------------------------------------------------------- UORO
@@ -633,11 +882,20 @@ def make_estimator(
     masks=None,
     uoro_epsilon: float = 1e-7,
     general_snap: bool = False,
+    snap_block: int = 1,
 ) -> Estimator:
     """Build the estimator `name` (one of ESTIMATORS, or "snapN" for any N >= 1).
 
-    snap1 uses the element-wise fast path unless `general_snap` (the gather-based SnAp-n code at n=1).
+    snap1 uses the element-wise fast path unless `general_snap` (the gather-based SnAp-n code at n=1);
+    with snap_block = L > 1 it folds L steps at a time into its traces (the same estimate, ready
+    every L steps, so the weights can change only every L steps).
     """
+    if snap_block < 1:
+        raise ConfigError(f"snap_block must be >= 1 (steps folded at a time), got {snap_block}")
+    if snap_block > 1 and (name != "snap1" or general_snap):
+        raise ConfigError(
+            f"snap_block={snap_block} is for the snap1 estimator only (got {name!r}); set it to 1"
+        )
     if name in ("bptt", "tbptt"):
         if truncation < 1:
             raise ConfigError(
@@ -650,6 +908,8 @@ def make_estimator(
         return _make_uoro(cell_config, readout_loss, uoro_epsilon)
     match = re.fullmatch(r"snap([1-9][0-9]*)", name)
     if match and int(match.group(1)) == 1 and not general_snap:
+        if snap_block > 1:
+            return _make_snap1_blocked(cell_config, readout_loss, masks, snap_block)
         return _make_snap1(cell_config, readout_loss, masks)
     if match:
         return _make_snap(cell_config, readout_loss, int(match.group(1)), masks)

@@ -91,6 +91,12 @@ def validate(config: ConfigDict) -> None:
         "the window in steps, >= 1 for tbptt (bptt uses the whole sequence)",
     )
     require(config.estimator.max_influence_gib > 0, "estimator.max_influence_gib", "positive")
+    require(
+        config.estimator.get("snap_block", 1) == 1
+        or (config.estimator.name == "snap1" and config.estimator.snap_block > 1),
+        "estimator.snap_block",
+        "1, or the steps SnAp-1 folds at a time (> 1) with estimator.name=snap1",
+    )
     require(config.train.batch_size > 0, "train.batch_size", "a positive integer (streams)")
     require(config.train.chunk_steps > 0, "train.chunk_steps", "a positive integer")
     require(
@@ -253,40 +259,18 @@ def _select(flag: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), on_true, on_false)
 
 
-TRUNCATED = ("bptt", "tbptt")
-
-
 def trace_axes(name: str, traces: Any) -> Any:
-    """vmap axes of a stream batch of traces: 0, except the window counter of (truncated) BPTT.
+    """vmap axes of a stream batch of traces: 0, except the step counter of buffering estimators.
 
-    Streams start their sequences together, so the counter of the truncation window is the same
-    in every stream; keeping it unbatched keeps the estimator's `lax.cond` on a full window a
-    real branch under vmap instead of a select that would run the window's backward every step.
+    (Truncated) BPTT and blocked SnAp-1 count the steps in their buffer. Streams start their
+    sequences together, so the counter is the same in every stream; keeping it unbatched keeps the
+    estimator's branch on a full buffer a real branch under vmap instead of a select that would
+    run the buffer's backward pass or fold every step.
     """
-    if name in TRUNCATED:
+    del name
+    if isinstance(traces, dict) and "count" in traces:
         return {key: (None if key == "count" else 0) for key in traces}
     return 0
-
-
-def truncated_window_grads(cell_config: cells.CellConfig, params: Any, masks: Any, traces: dict):
-    """Cell gradient of the partial window (truncated) BPTT holds in its buffer, one stream.
-
-    At the end of a sequence the window may be incomplete (copy strings have any length); its
-    gradient is the vjp of the buffered steps with the cotangents of the steps not yet taken set
-    to zero (those steps then influence nothing). Reads the buffer of estimators.tbptt.
-    """
-    window = traces["xs"].shape[0]
-    valid_T = (jnp.arange(window) < traces["count"]).astype(traces["deltas"].dtype)
-
-    def states_fn(p):
-        def body(state_S, x_I):
-            state_S = cells.cell_step(cell_config, p, masks, state_S, x_I)
-            return state_S, state_S
-
-        return jax.lax.scan(body, traces["state0"], traces["xs"])[1]
-
-    _, vjp = jax.vjp(states_fn, params)
-    return vjp(traces["deltas"] * valid_T[:, None])[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,10 +334,9 @@ def time_step(
         step_fn, in_axes=(0, axes, 0, 0, 0), out_axes=(0, axes, 0, 0, 0)
     )(carry.state_BxS, carry.traces, x_BxI, (y_B, weight_B), rngs_B)
     episode, ended = model.task.advance(carry.episode)
-    if estimator.name in TRUNCATED:  # the end of a sequence closes a partial window
+    if estimator.pending_grads is not None:  # the end of a sequence closes a partial buffer
         flush = jax.vmap(
-            functools.partial(truncated_window_grads, model.cell_config, carry.params, masks),
-            in_axes=(axes,),
+            functools.partial(estimator.pending_grads, carry.params, masks), in_axes=(axes,)
         )
         pending = jax.lax.cond(
             ended & (traces["count"] > 0),
@@ -494,6 +477,7 @@ class Experiment:
             readout_loss=readout_loss,
             truncation=window_length(config),
             masks=self.masks,
+            snap_block=int(config.estimator.get("snap_block", 1)),
         )
         self.model = Model(
             cell_config=self.cell_config,

@@ -208,6 +208,47 @@ def test_fast_snap1_equals_the_general_snap_n_code_at_n_1(kind, density):
     assert any(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(grads[0][0]))
 
 
+@pytest.mark.parametrize("kind", cells.CELL_KINDS)
+@pytest.mark.parametrize("density", [1.0, 0.4])
+def test_blocked_snap1_folds_to_the_step_by_step_estimate(kind, density):
+    """Block 4 over 11 steps: traces equal at the block ends, gradients equal with the partial block."""
+    config = cells.CellConfig(kind, input_size=3, hidden_size=5, density=density)
+    params, masks, readout_params, xs, ys = _problem(config, steps=11)
+    runs = {}
+    for block in (1, 4):
+        estimator = est_lib.make_estimator(
+            "snap1", config, readout_loss=readout_loss, masks=masks, snap_block=block
+        )
+        state = cells.initial_state(config, jnp.float64)
+        traces = estimator.init_traces(params, masks, readout_params, state)
+        influence_at_8, readies = None, []
+        for t in range(xs.shape[0]):
+            state, traces, step_grads, _, ready = estimator.step(
+                params, masks, readout_params, state, traces, xs[t], ys[t], None
+            )
+            readies.append(bool(ready))
+            if t == 7:
+                influence_at_8 = traces["influence"]
+        cell_grads = step_grads[0]
+        if estimator.pending_grads is not None:
+            cell_grads = jax.tree.map(
+                jnp.add, cell_grads, estimator.pending_grads(params, masks, traces)
+            )
+        runs[block] = (influence_at_8, cell_grads, step_grads[1], readies)
+    assert runs[4][3] == [t % 4 == 3 for t in range(11)] and all(runs[1][3])
+    for want, got in zip(jax.tree.leaves(runs[1][:3]), jax.tree.leaves(runs[4][:3]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+    assert any(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(runs[4][1]))
+
+
+def test_snap_block_is_for_snap1_only():
+    config = cells.CellConfig("gru", input_size=3, hidden_size=5)
+    with pytest.raises(ConfigError, match="snap1 estimator only"):
+        est_lib.make_estimator("snap2", config, readout_loss=readout_loss, snap_block=4)
+    with pytest.raises(ConfigError, match="snap_block must be >= 1"):
+        est_lib.make_estimator("snap1", config, readout_loss=readout_loss, snap_block=0)
+
+
 def test_snap1_mask_is_structural_not_value_based():
     """One-hot inputs: I_t for W_x[:, j] is exactly 0 whenever symbol j is off, yet J keeps decaying values."""
     k, num_symbols = 3, 3

@@ -91,6 +91,20 @@ def test_online_with_a_huge_update_interval_equals_per_sequence_updates():
     assert online_sums["updates"] == offline_sums["updates"] < 16  # one per 3-step+ episode
 
 
+def test_blocked_snap1_trains_like_step_by_step_snap1_updating_every_block():
+    """snap_block = 4 (updates at block ends and sequence ends) = SnAp-1 with update_every = 4."""
+    blocked, blocked_sums = _train_chunks(_config(**{"estimator.snap_block": 4}), 2)
+    stepwise, stepwise_sums = _train_chunks(_config(**{"train.update_every": 4}), 2)
+    assert blocked_sums["updates"] == stepwise_sums["updates"] > 0
+    for got, want in zip(
+        jax.tree.leaves((blocked.params, blocked.readout)),
+        jax.tree.leaves((stepwise.params, stepwise.readout)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(blocked_sums["nats"], stepwise_sums["nats"], rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["bptt", "tbptt"])
 def test_end_of_sequence_closes_the_partial_bptt_window(name):
     """Steps of (truncated) BPTT plus the end-of-sequence flush give exact BPTT gradients."""
@@ -112,7 +126,7 @@ def test_end_of_sequence_closes_the_partial_bptt_window(name):
         state, traces, grads, _, _ = estimator_step(
             params, masks, readout, state, traces, xs[t], y, None
         )
-    flush = jax.jit(functools.partial(snap_train.truncated_window_grads, config))
+    flush = jax.jit(functools.partial(estimators.truncated_window_grads, config))
     pending = flush(params, masks, traces)
     cell_grads = jax.tree.map(jnp.add, grads[0], pending)
     if name == "bptt":  # one window covers the whole sequence: exact BPTT
@@ -199,6 +213,19 @@ def test_every_estimator_trains_evaluates_and_samples_through_main(tmp_path, nam
     assert len(lines) == 3 and lines[1].startswith("input ")
 
 
+def test_blocked_snap1_trains_and_evaluates_through_main(tmp_path):
+    workdir = tmp_path / "blocked"
+    args = ["main", SMOKE, f"--workdir={workdir}", "--config.estimator.snap_block=4"]
+    assert entry.run(args) == 0
+    records = read_jsonl(workdir / "metrics.jsonl")
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [16, 32, 48, 64]
+    assert all(np.isfinite(r["bits_per_char"]) and r["updates"] > 0 for r in train)
+    assert entry.run([*args, "--mode=eval"]) == 0
+    report = json.loads((workdir / "eval.json").read_text())
+    assert report["estimator"] == "snap1" and report["copy_length_reached"] >= 1
+
+
 def test_charlm_trains_evaluates_and_samples(tmp_path):
     workdir = tmp_path / "lm"
     args = [
@@ -233,4 +260,8 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     assert "one of ('vanilla', 'gru', 'lstm')" in capsys.readouterr().err
     assert entry.run([*base, "--config.task=charlm"]) == 2  # data.name is still 'copy'
     assert "data.name" in capsys.readouterr().err
+    assert (
+        entry.run([*base, "--config.estimator.name=uoro", "--config.estimator.snap_block=8"]) == 2
+    )
+    assert "estimator.snap_block" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
