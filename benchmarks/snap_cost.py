@@ -5,8 +5,9 @@
 
 Menick et al. 2020 (arXiv 2006.07232), Section 3 / Table 1: RTRL costs O(k^4) per step, SnAp-1 O(p) like
 BPTT, SnAp-2 O(p * c) on sparse networks. For each (cell, density, k, estimator) this times one
-unbatched stream: a jitted lax.scan of L steps of `estimator.step` (after a warm-up call,
-block_until_ready, median of --repeats), divided by L. BPTT is `bptt_gradients` over L steps (one
+unbatched stream: a jitted lax.scan of L steps of `estimator.step` (after two warm-up calls,
+block_until_ready, median and min of --repeats, the estimators of one problem timed in turn in
+each round), divided by L. "snap1_bL" is SnAp-1 folded every L steps (estimator.snap_block). BPTT is `bptt_gradients` over L steps (one
 forward and one backward pass) divided by L. Memory: bytes of the estimator's traces pytree (for BPTT:
 the residuals its backward pass keeps; the gradient accumulators, the size of the parameters, are not
 counted), and the device's peak bytes where `memory_stats()` reports it.
@@ -53,18 +54,6 @@ def peak_device_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
 
 
-def median_seconds(fn, args, repeats: int) -> tuple[float, float]:
-    """(median, min) wall time of fn(*args) after two warm-up calls (the first compiles)."""
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
-
-
 def make_problem(kind: str, k: int, density: float, input_size: int, steps: int):
     """Cell config, params, masks, readout params and an L-step random stream."""
     config = cells.CellConfig(kind, input_size=input_size, hidden_size=k, density=density)
@@ -78,8 +67,8 @@ def make_problem(kind: str, k: int, density: float, input_size: int, steps: int)
     return config, params, masks, readout_params, xs, ys
 
 
-def time_estimator(name, config, params, masks, readout_params, xs, ys, repeats):
-    """(median, min seconds per step, trace bytes) of the online estimator `name` ("snap1_bL": blocked)."""
+def prepare_estimator(name, config, params, masks, readout_params, xs, ys):
+    """(jitted call, its args, trace bytes) of L steps of the online estimator `name` ("snap1_bL": blocked)."""
     base_name, _, block = name.partition("_b")
     estimator = est_lib.make_estimator(
         base_name, config, readout_loss=readout_loss, masks=masks, snap_block=int(block or 1)
@@ -101,15 +90,13 @@ def time_estimator(name, config, params, masks, readout_params, xs, ys, repeats)
         (state, traces), losses = jax.lax.scan(body, (state, traces), (xs, ys, keys))
         return state, traces["grad_cell"], losses
 
-    median, fastest = median_seconds(
-        run, (params, masks, readout_params, state0, traces, xs, ys, keys), repeats
-    )
     influence = {key: value for key, value in traces.items() if not key.startswith("grad_")}
-    return median / xs.shape[0], fastest / xs.shape[0], tree_bytes(influence)
+    args = (params, masks, readout_params, state0, traces, xs, ys, keys)
+    return run, args, tree_bytes(influence)
 
 
-def time_bptt(config, params, masks, readout_params, xs, ys, repeats):
-    """(median, min seconds per step, bytes of the backward's residuals) of BPTT over the L steps."""
+def prepare_bptt(config, params, masks, readout_params, xs, ys):
+    """(jitted call, its args, bytes of the backward's residuals) of BPTT over the L steps."""
     state0 = cells.initial_state(config)
 
     @jax.jit
@@ -118,8 +105,6 @@ def time_bptt(config, params, masks, readout_params, xs, ys, repeats):
             config, params, masks, readout_params, state0, xs, ys, readout_loss
         )
 
-    median, fastest = median_seconds(run, (params, masks, readout_params, state0, xs, ys), repeats)
-
     def total_loss(p):
         return est_lib.bptt_gradients(
             config, p, masks, readout_params, state0, xs, ys, readout_loss
@@ -127,7 +112,25 @@ def time_bptt(config, params, masks, readout_params, xs, ys, repeats):
 
     _, vjp_fn = jax.vjp(total_loss, params)
     residual_bytes = tree_bytes(vjp_fn) - tree_bytes(params)
-    return median / xs.shape[0], fastest / xs.shape[0], max(residual_bytes, 0)
+    return run, (params, masks, readout_params, state0, xs, ys), max(residual_bytes, 0)
+
+
+def interleaved_seconds(calls: dict, repeats: int) -> dict:
+    """{name: (median, min)} wall seconds of each call, the calls timed in turn in every round.
+
+    Interleaving spreads this VM's slow phases over all estimators of one problem, so their
+    ratios are fairer than timing each estimator's repeats back to back.
+    """
+    for fn, args in calls.values():
+        for _ in range(2):  # the first call compiles
+            jax.block_until_ready(fn(*args))
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (fn, args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
 def fit_exponent(xs, ys) -> float:
@@ -192,55 +195,52 @@ def main() -> None:
                     kind, k, density, args.input_size, args.steps
                 )
                 kept = cells.count_params(params, masks)
+                calls, steps, trace_sizes, notes = {}, {}, {}, {}
                 for name in names:
-                    note = ""
                     if name == "bptt":
-                        seconds, fastest, trace_bytes = time_bptt(
-                            config, params, masks, readout_params, xs, ys, args.repeats
+                        run, run_args, trace_sizes[name] = prepare_bptt(
+                            config, params, masks, readout_params, xs, ys
                         )
-                    else:
-                        if name == "rtrl" and k > args.rtrl_max_size:
-                            continue
-                        if name.startswith("snap"):
-                            structure = est_lib.snap_structure(
-                                config, masks, int(name.partition("_b")[0][4:])
+                        calls[name], steps[name], notes[name] = (run, run_args), len(xs), ""
+                        continue
+                    if name == "rtrl" and k > args.rtrl_max_size:
+                        continue
+                    if name.startswith("snap"):
+                        structure = est_lib.snap_structure(
+                            config, masks, int(name.partition("_b")[0][4:])
+                        )
+                        if est_lib.snap_trace_size(structure, params) > args.snap_max_entries:
+                            print(
+                                f"skip {name} {kind} d={density} k={k}: too many entries",
+                                flush=True,
                             )
-                            if est_lib.snap_trace_size(structure, params) > args.snap_max_entries:
-                                print(
-                                    f"skip {name} {kind} d={density} k={k}: too many entries",
-                                    flush=True,
-                                )
-                                continue
-                        run_xs, run_ys = xs, ys
-                        if name == "rtrl" and k >= 128:
-                            run_xs, run_ys = xs[: args.rtrl_steps], ys[: args.rtrl_steps]
-                            note = f"L={args.rtrl_steps}"
-                        seconds, fastest, trace_bytes = time_estimator(
-                            name,
-                            config,
-                            params,
-                            masks,
-                            readout_params,
-                            run_xs,
-                            run_ys,
-                            args.repeats,
-                        )
+                            continue
+                    run_xs, run_ys, notes[name] = xs, ys, ""
+                    if name == "rtrl" and k >= 128:
+                        run_xs, run_ys = xs[: args.rtrl_steps], ys[: args.rtrl_steps]
+                        notes[name] = f"L={args.rtrl_steps}"
+                    run, run_args, trace_sizes[name] = prepare_estimator(
+                        name, config, params, masks, readout_params, run_xs, run_ys
+                    )
+                    calls[name], steps[name] = (run, run_args), len(run_xs)
+                timings = interleaved_seconds(calls, args.repeats)
+                for name, (median, fastest) in timings.items():
                     row = dict(
                         cell=kind,
                         density=density,
                         k=k,
                         p=kept,
                         estimator=name,
-                        seconds=seconds,
-                        fastest=fastest,
-                        trace_bytes=trace_bytes,
+                        seconds=median / steps[name],
+                        fastest=fastest / steps[name],
+                        trace_bytes=trace_sizes[name],
                         peak=peak_device_bytes(),
-                        note=note,
+                        note=notes[name],
                     )
                     rows.append(row)
                     print(
-                        f"{kind:7s} d={density:<4} k={k:<4} p={kept:<8d} {name:6s} "
-                        f"{seconds * 1e3:9.3f} ms/step  traces {human_bytes(trace_bytes)}",
+                        f"{kind:7s} d={density:<4} k={k:<4} p={kept:<8d} {name:10s} "
+                        f"{row['seconds'] * 1e3:9.3f} ms/step  traces {human_bytes(trace_sizes[name])}",
                         flush=True,
                     )
 

@@ -11,6 +11,9 @@ dL/dθ = Σ_t (∂ℓ_t/∂s_t) J_t.
   Storage: for each kept parameter, a fixed list of K reachable state entries (K = max over units),
   stored unit-major (k, G, C, K) per parameter leaf;
   SnAp-1 on vanilla/GRU has K = 1, i.e. one number per parameter (the eligibility trace).
+  SnAp-1 has its own element-wise path (`_make_snap1`), and with snap_block = L a folded form
+  (`_make_snap1_blocked`) that buffers L steps and applies them to the traces with matrix
+  products: the same estimate, ready every L steps.
 - uoro:  Tallec & Ollivier 2018 (arXiv 1702.05043), rank-one unbiased J ≈ s̃ θ̃ᵀ with the
   variance-minimising ρ0 = sqrt(‖θ̃‖/‖D s̃‖), ρ1 = sqrt(‖νᵀI‖/‖ν‖) (+ε in numerators and denominators).
 - tbptt / bptt: buffer the window's inputs and ∂ℓ_t/∂s_t, then one backward pass at the window end.
@@ -516,7 +519,9 @@ def _snap1_rows(config, keep_rows_BxR, params, masks, inp_GxK, rec_GxK, state_S,
     )
     component_ones_BxS = jnp.repeat(jnp.eye(comps, dtype=dtype), k, axis=1)
     sens_inp_BxGxK, sens_rec_BxGxK, sens_state_BxS = jax.vmap(vjp)(component_ones_BxS)
-    weights_diag_GxK = jnp.diagonal(params["w_h"] * masks["w_h"], axis1=1, axis2=2)
+    weights_diag_GxK = jnp.diagonal(params["w_h"], axis1=1, axis2=2) * jnp.diagonal(
+        masks["w_h"], axis1=1, axis2=2
+    )
     through_h_BxK = jnp.einsum("bgk,gk->bk", sens_rec_BxGxK, weights_diag_GxK)
     d_local_BxBxK = sens_state_BxS.reshape(comps, comps, k).at[:, 0].add(through_h_BxK)
     keep_BxR = jnp.asarray(keep_rows_BxR, dtype)
@@ -661,9 +666,12 @@ def _make_snap1_blocked(
     `pending_grads` gives the gradient of a partial block at the end of a sequence.
     """
     unmasked_leaves = _unmasked_leaves(masks)
-    comps, gates, k, keep_rows_BxR = _snap1_layout(config)
+    comps, gates, k, _ = _snap1_layout(config)
     rows = gates * k
     base_init = _snap1_init_traces(config)
+    keep_BxG = np.asarray(cells.cell_wiring(config.kind).gate_writes, bool)
+    patterns = sorted({tuple(int(v) for v in column) for column in keep_BxG.T})
+    pattern_of_gate = np.array([patterns.index(tuple(int(v) for v in col)) for col in keep_BxG.T])
 
     state_size = cells.state_size(config)
     # One buffer row per step (one write per step): [inp (G·k), rec (G·k), s_{t-1}, δ_t, x_t].
@@ -691,64 +699,88 @@ def _make_snap1_blocked(
         """(grad increment, new influence or None) of the first num_valid buffered steps."""
         buffer = unpack(traces["buffer"])
         dtype = traces["buffer"].dtype
-        rows_L = jax.vmap(
-            lambda i, r, s, d: _snap1_rows(config, keep_rows_BxR, params, masks, i, r, s, d)
-        )(buffer["inp"], buffer["rec"], buffer["state"], buffer["delta"])
-        valid_L = jnp.arange(block) < num_valid
-        eye_BxBx1 = jnp.eye(comps, dtype=dtype)[:, :, None]
-        # Steps not taken: D = I, c = 0, δ = 0, so they change nothing.
-        d_LxBxBxR = jnp.where(valid_L[:, None, None, None], rows_L.d_rows_BxBxR, eye_BxBx1)
-
-        def zero_invalid(a):
-            return a * valid_L[:, None, None].astype(dtype)
-
-        coeffs = {
-            "inp": zero_invalid(rows_L.sens_inp_BxR),
-            "rec": zero_invalid(rows_L.sens_rec_BxR),
-        }
-        delta_LxBxR = zero_invalid(rows_L.delta_BxR)
-
-        # B x B algebra per row as explicit multiply-adds (B <= 2): no reductions or tiny dots,
-        # which XLA CPU runs as library calls far slower than these few flops.
-        span = range(comps)
-
-        def matmul(x, y):  # (..., B, B, R) @ (..., B, B, R), per row
-            return jnp.stack(
-                [
-                    jnp.stack(
-                        [sum(x[..., b, c, :] * y[..., c, e, :] for c in span) for e in span], -2
-                    )
-                    for b in span
-                ],
-                -3,
-            )
-
-        def vecmat(v, m):  # (..., B, R) row vectors times (..., B, B, R)
-            return jnp.stack([sum(v[..., b, :] * m[..., b, e, :] for b in span) for e in span], -2)
-
-        def vecdot(u, v):  # Σ_b u[b] v[b]: (..., B, R) -> (..., R)
-            return sum(u[..., b, :] * v[..., b, :] for b in span)
-
-        # μ_s = (δ_s + μ_{s+1}) D_s is an affine map v -> b_s + v A_s (A_s = D_s, b_s = δ_s D_s) applied
-        # to μ_{s+1}; composed from the end of the block (a parallel scan, log L depth), the maps
-        # give μ_s and their linear parts Q_s = D_L ... D_s at once.
-        def compose(later, earlier):  # earlier ∘ later
-            a_later, b_later = later
-            a_earlier, b_earlier = earlier
-            return matmul(a_later, a_earlier), vecmat(b_later, a_earlier) + b_earlier
-
-        q_LxBxBxR, mu_LxBxR = jax.lax.associative_scan(
-            compose, (d_LxBxBxR, vecmat(delta_LxBxR, d_LxBxBxR)), reverse=True
+        valid_L = (jnp.arange(block) < num_valid).astype(dtype)
+        eye_BxB = jnp.eye(comps, dtype=dtype)
+        component_ones_BxS = jnp.repeat(eye_BxB, k, axis=1)
+        diag_GxK = jnp.diagonal(params["w_h"], axis1=1, axis2=2) * jnp.diagonal(
+            masks["w_h"], axis1=1, axis2=2
         )
-        eye_1xBxBxR = jnp.broadcast_to(eye_BxBx1, (1, comps, comps, rows))
-        lam_LxBxR = delta_LxBxR + jnp.concatenate([mu_LxBxR[1:], jnp.zeros_like(mu_LxBxR[:1])])
-        to_end_LxBxBxR = jnp.concatenate([q_LxBxBxR[1:], eye_1xBxBxR])  # R_s = D_L ... D_{s+1}
-        lam_d_BxR, to_end_BxBxR = mu_LxBxR[0], q_LxBxBxR[0]  # Λ = λ_1ᵀ D_1, P = D_L ... D_1
-        grad_LxR = {kind: vecdot(lam_LxBxR, c_LxBxR) for kind, c_LxBxR in coeffs.items()}
-        to_end_LxBxR = {
-            kind: jnp.stack([vecdot(to_end_LxBxBxR[:, b], c_LxBxR) for b in span], axis=1)
-            for kind, c_LxBxR in coeffs.items()
+
+        def unit_coefficients(inp_GxK, rec_GxK, state_S):
+            """D (B x B per unit) and ∂s/∂(preactivations) (B, G, k), before keep."""
+            _, vjp = jax.vjp(
+                lambda i, r, s: cells.elementwise_update(config, i, r, s), inp_GxK, rec_GxK, state_S
+            )
+            sens_inp_BxGxK, sens_rec_BxGxK, sens_state_BxS = jax.vmap(vjp)(component_ones_BxS)
+            through_h_BxK = sum(sens_rec_BxGxK[:, g] * diag_GxK[g] for g in range(gates))
+            d_BxBxK = sens_state_BxS.reshape(comps, comps, k).at[:, 0].add(through_h_BxK)
+            return d_BxBxK, sens_inp_BxGxK, sens_rec_BxGxK
+
+        d_LxBxBxK, sens_inp_LxBxGxK, sens_rec_LxBxGxK = jax.vmap(unit_coefficients)(
+            buffer["inp"], buffer["rec"], buffer["state"]
+        )
+        # Steps not taken: D = I, c = 0, δ = 0, so they change nothing.
+        d_LxBxBxK = jnp.where(valid_L[:, None, None, None] > 0, d_LxBxBxK, eye_BxB[:, :, None])
+        keep_LxBxGx1 = (
+            (jnp.asarray(keep_BxG, dtype)[None, :, :, None]) * valid_L[:, None, None, None]
+        )
+        coeffs = {"inp": sens_inp_LxBxGxK * keep_LxBxGx1, "rec": sens_rec_LxBxGxK * keep_LxBxGx1}
+        delta_LxBxK = buffer["delta"].reshape(block, comps, k) * valid_L[:, None, None]
+
+        # The recursion runs per unit, once per distinct set of components a gate writes (the
+        # LSTM's o gate does not write c; every other gate writes all): U = patterns x k entries
+        # instead of G x k rows. B x B algebra as explicit multiply-adds (B <= 2): no tiny dots or
+        # reductions, which XLA CPU runs as library calls far slower than these few flops.
+        span = range(comps)
+        d_LxBxBxU = jnp.concatenate(
+            [d_LxBxBxK * jnp.asarray(pattern, dtype)[:, None, None] for pattern in patterns],
+            axis=-1,
+        )
+        delta_LxBxU = jnp.tile(delta_LxBxK, (1, 1, len(patterns)))
+
+        def backward(carry, step_in):
+            lam_next_d_BxU, to_end_BxBxU = carry  # λ_{s+1}ᵀ D_{s+1};  D_L ... D_{s+1}
+            d_BxBxU, delta_BxU = step_in
+            lam_BxU = delta_BxU + lam_next_d_BxU
+            new_carry = (
+                jnp.stack([sum(lam_BxU[b] * d_BxBxU[b, c] for b in span) for c in span]),
+                jnp.stack(
+                    [
+                        jnp.stack(
+                            [sum(to_end_BxBxU[b, c] * d_BxBxU[c, e] for c in span) for e in span]
+                        )
+                        for b in span
+                    ]
+                ),
+            )
+            return new_carry, (lam_BxU, to_end_BxBxU)
+
+        units = len(patterns) * k
+        init = (
+            jnp.zeros((comps, units), dtype),
+            jnp.broadcast_to(eye_BxB[:, :, None], (comps, comps, units)),
+        )
+        (lam_d_BxU, to_end_BxBxU), (lam_LxBxU, to_end_LxBxBxU) = jax.lax.scan(
+            backward, init, (d_LxBxBxU, delta_LxBxU), reverse=True
+        )
+
+        def per_gate(x_U):  # (..., U) -> (..., G, k): each gate reads its pattern's units
+            return x_U.reshape(*x_U.shape[:-1], len(patterns), k)[..., pattern_of_gate, :]
+
+        lam_LxBxGxK, to_end_LxBxBxGxK = per_gate(lam_LxBxU), per_gate(to_end_LxBxBxU)
+        grad_LxR = {
+            kind: sum(lam_LxBxGxK[:, b] * c[:, b] for b in span).reshape(block, rows)
+            for kind, c in coeffs.items()
         }
+        to_end_LxBxR = {
+            kind: jnp.stack(
+                [sum(to_end_LxBxBxGxK[:, b, c] * cf[:, c] for c in span) for b in span], axis=1
+            ).reshape(block, comps, rows)
+            for kind, cf in coeffs.items()
+        }
+        lam_d_BxR = per_gate(lam_d_BxU).reshape(comps, rows)  # Λ = λ_1ᵀ D_1
+        to_end_BxBxR = per_gate(to_end_BxBxU).reshape(comps, comps, rows)  # P = D_L ... D_1
+
         layer_inputs = {"x": buffer["x"], "h": cells.hidden(config, buffer["state"])}
         grad_cell, influence = {}, {}
         for name, leaf in params.items():
