@@ -141,7 +141,8 @@ def _cartpole_fast(noisy: bool) -> ConfigDict:
 
     16 env steps per gradient step of batch 128 (each transition is sampled 8 times, as at 4 per
     batch-64 step) and a 64-unit network: a quarter of dqn_cartpole's learner work per env step.
-    2M env steps (125k gradient steps). Seeds 0-11 of a vmapped sweep: see benchmarks/RESULTS.md.
+    2M env steps (125k gradient steps). Three runs of 4 vmapped seeds (config.seed 0, 1, 2) ended
+    at 400 or more in 10 of 12 seeds (eval, noise on; benchmarks/RESULTS.md).
     """
     config = _cartpole_value("dqn", noisy)
     config.env.num_envs = 16

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from conftest import read_jsonl
 
+from configs import noisynet as noisynet_configs
 from experiments import main as entry
+from experiments.noisynet import train as noisynet_train
 
 EVAL_FIELDS = {
     "mean_return",
@@ -95,3 +97,13 @@ def test_bad_values_end_with_one_line_naming_the_field(tmp_path, capsys, overrid
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"config.{field}" in error
     assert not workdir.exists()
+
+
+def test_every_variant_builds_and_validates():
+    """Each named config passes validation; the fast CartPole variant is 16 env steps per update."""
+    for name in noisynet_configs.VARIANTS:
+        noisynet_train.validate(noisynet_configs.get_config(name))
+    fast = noisynet_configs.get_config("dqn_cartpole_fast")
+    assert fast.agent.env_steps_per_update == fast.env.num_envs == 16
+    assert fast.agent.batch_size == 128 and fast.agent.noisy
+    assert not noisynet_configs.get_config("dqn_cartpole_fast_baseline").agent.noisy
