@@ -509,24 +509,38 @@ def _snap1_forward(config, readout_loss, params, masks, readout_params, state_S,
     return (inp_GxK, rec_GxK), new_S, loss, grad_ro, delta_S
 
 
-def _snap1_rows(config, keep_rows_BxR, params, masks, inp_GxK, rec_GxK, state_S, delta_S):
-    """SnAp-1 row coefficients of one step: one vjp of the element-wise update per component."""
+def _snap1_unit_coefficients(config, params, masks, inp_GxK, rec_GxK, state_S):
+    """Per unit: D (B, B, k) and ∂s/∂(input, recurrent preactivations) (B, G, k), before keep.
+
+    One vjp of the element-wise update per state component; D adds the self-connection's path
+    through the recurrent preactivations (W_h[g, u, u]). Written without tiny dots (XLA CPU runs
+    them as library calls far slower than these few flops).
+    """
     wiring = cells.cell_wiring(config.kind)
     k, comps, gates = config.hidden_size, wiring.num_components, wiring.num_gates
-    dtype = state_S.dtype
     _, vjp = jax.vjp(
         lambda i, r, s: cells.elementwise_update(config, i, r, s), inp_GxK, rec_GxK, state_S
     )
-    component_ones_BxS = jnp.repeat(jnp.eye(comps, dtype=dtype), k, axis=1)
+    component_ones_BxS = jnp.repeat(jnp.eye(comps, dtype=state_S.dtype), k, axis=1)
     sens_inp_BxGxK, sens_rec_BxGxK, sens_state_BxS = jax.vmap(vjp)(component_ones_BxS)
-    weights_diag_GxK = jnp.diagonal(params["w_h"], axis1=1, axis2=2) * jnp.diagonal(
+    diag_GxK = jnp.diagonal(params["w_h"], axis1=1, axis2=2) * jnp.diagonal(
         masks["w_h"], axis1=1, axis2=2
     )
-    through_h_BxK = jnp.einsum("bgk,gk->bk", sens_rec_BxGxK, weights_diag_GxK)
-    d_local_BxBxK = sens_state_BxS.reshape(comps, comps, k).at[:, 0].add(through_h_BxK)
-    keep_BxR = jnp.asarray(keep_rows_BxR, dtype)
+    through_h_BxK = sum(sens_rec_BxGxK[:, g] * diag_GxK[g] for g in range(gates))
+    d_BxBxK = sens_state_BxS.reshape(comps, comps, k).at[:, 0].add(through_h_BxK)
+    return d_BxBxK, sens_inp_BxGxK, sens_rec_BxGxK
+
+
+def _snap1_rows(config, keep_rows_BxR, params, masks, inp_GxK, rec_GxK, state_S, delta_S):
+    """SnAp-1 row coefficients of one step (the unit coefficients tiled over gates, with keep)."""
+    wiring = cells.cell_wiring(config.kind)
+    k, comps, gates = config.hidden_size, wiring.num_components, wiring.num_gates
+    d_BxBxK, sens_inp_BxGxK, sens_rec_BxGxK = _snap1_unit_coefficients(
+        config, params, masks, inp_GxK, rec_GxK, state_S
+    )
+    keep_BxR = jnp.asarray(keep_rows_BxR, state_S.dtype)
     return _Snap1Rows(
-        d_rows_BxBxR=jnp.tile(d_local_BxBxK, (1, 1, gates)) * keep_BxR[:, None, :],
+        d_rows_BxBxR=jnp.tile(d_BxBxK, (1, 1, gates)) * keep_BxR[:, None, :],
         sens_inp_BxR=sens_inp_BxGxK.reshape(comps, gates * k) * keep_BxR,
         sens_rec_BxR=sens_rec_BxGxK.reshape(comps, gates * k) * keep_BxR,
         delta_BxR=jnp.tile(delta_S.reshape(comps, k), (1, gates)),
@@ -598,9 +612,16 @@ def _make_snap1(config: CellConfig, readout_loss: ReadoutLoss, masks) -> Estimat
         # The gradient of step t is Σ_b δ_b ⊙ J_t[b] = Σ_b' (Σ_b δ_b D[b, b']) ⊙ J_{t-1}[b'] + Σ_b δ_b I_t[b]:
         # written on the old traces, the accumulation needs no materialised J_t.
         delta_rows_BxR = step_rows.delta_BxR
-        grad_d_rows_BxR = jnp.einsum("br,bcr->cr", delta_rows_BxR, d_rows_BxBxR)
+        # (B <= 2: explicit multiply-adds, not tiny dots or reductions, which XLA CPU runs slowly)
+        grad_d_rows_BxR = jnp.stack(
+            [
+                sum(delta_rows_BxR[b] * d_rows_BxBxR[b, c] for b in range(comps))
+                for c in range(comps)
+            ]
+        )
         grad_sens_rows = {
-            kind: jnp.sum(delta_rows_BxR * rows_BxR, axis=0) for kind, rows_BxR in sens_rows.items()
+            kind: sum(delta_rows_BxR[b] * rows_BxR[b] for b in range(comps))
+            for kind, rows_BxR in sens_rows.items()
         }
         layer_inputs = {"x": x_I, "h": cells.hidden(config, state_S)}
         influence, grad_cell = {}, {}
@@ -658,10 +679,13 @@ def _make_snap1_blocked(
     unrolls over steps 1..L of the block to
         J_L = P J_0 + Σ_s e_s ⊗ in_s,   e_s = D_L ... D_{s+1} c_s,   P = D_L ... D_1,
         Σ_t δ_tᵀ J_t = Λ J_0 + Σ_s (λ_sᵀ c_s) in_s,   λ_s = δ_s + D_{s+1}ᵀ λ_{s+1},   Λ = λ_1ᵀ D_1.
-    A step runs only the cell's forward and the readout and buffers the preactivations, the state,
-    the input and δ_t. Every L steps the row coefficients of all L steps are computed at once, a
-    reverse scan over L gives e_s, λ_s, P and Λ (O(L·G·k·B²) work), and the p-sized traces and
-    gradient are read and written once, the Σ_s being one (rows x L) @ (L x C) product per leaf.
+    A step runs only the cell's forward and the readout and writes one buffer row (the
+    preactivations, the state, δ_t and x_t). Every L steps the unit coefficients of all L steps
+    are computed at once; a reverse scan over L gives λ_s and the products D_L ... D_s per unit,
+    once per set of components a gate writes (O(L·k·B²) per set), then e_s, λ_sᵀ c_s, P and Λ per
+    row; and the p-sized traces and gradient are read and written once, the Σ_s being one
+    (rows x L) @ (L x C) product per leaf. The fold runs in a loop that runs once at a block end:
+    XLA keeps a while loop's carry in place, where a lax.cond copied the traces on every step.
     The gradient is ready (and the weights may change) only at block ends: `ready` says when;
     `pending_grads` gives the gradient of a partial block at the end of a sequence.
     """
@@ -701,20 +725,9 @@ def _make_snap1_blocked(
         dtype = traces["buffer"].dtype
         valid_L = (jnp.arange(block) < num_valid).astype(dtype)
         eye_BxB = jnp.eye(comps, dtype=dtype)
-        component_ones_BxS = jnp.repeat(eye_BxB, k, axis=1)
-        diag_GxK = jnp.diagonal(params["w_h"], axis1=1, axis2=2) * jnp.diagonal(
-            masks["w_h"], axis1=1, axis2=2
-        )
 
         def unit_coefficients(inp_GxK, rec_GxK, state_S):
-            """D (B x B per unit) and ∂s/∂(preactivations) (B, G, k), before keep."""
-            _, vjp = jax.vjp(
-                lambda i, r, s: cells.elementwise_update(config, i, r, s), inp_GxK, rec_GxK, state_S
-            )
-            sens_inp_BxGxK, sens_rec_BxGxK, sens_state_BxS = jax.vmap(vjp)(component_ones_BxS)
-            through_h_BxK = sum(sens_rec_BxGxK[:, g] * diag_GxK[g] for g in range(gates))
-            d_BxBxK = sens_state_BxS.reshape(comps, comps, k).at[:, 0].add(through_h_BxK)
-            return d_BxBxK, sens_inp_BxGxK, sens_rec_BxGxK
+            return _snap1_unit_coefficients(config, params, masks, inp_GxK, rec_GxK, state_S)
 
         d_LxBxBxK, sens_inp_LxBxGxK, sens_rec_LxBxGxK = jax.vmap(unit_coefficients)(
             buffer["inp"], buffer["rec"], buffer["state"]
