@@ -154,7 +154,9 @@ def main() -> None:
     parser.add_argument("--cells", default="gru", help="comma list of vanilla,gru,lstm")
     parser.add_argument("--sizes", default="16,32,64,128", help="comma list of hidden sizes k")
     parser.add_argument("--densities", default="1.0,0.1", help="comma list of weight densities")
-    parser.add_argument("--estimators", default="bptt,snap1,snap2,snap3,uoro,rtrl")
+    parser.add_argument(
+        "--estimators", default="bptt,snap1,snap1_b16,snap1_b32,snap2,snap3,uoro,rtrl"
+    )
     parser.add_argument(
         "--rtrl_max_size", type=int, default=128, help="largest k at which RTRL is run"
     )
@@ -204,6 +206,10 @@ def main() -> None:
                         calls[name], steps[name], notes[name] = (run, run_args), len(xs), ""
                         continue
                     if name == "rtrl" and k > args.rtrl_max_size:
+                        continue
+                    block = int(name.partition("_b")[2] or 1)
+                    if len(xs) % block:  # time whole blocks only: the fold is part of the cost
+                        print(f"skip {name}: --steps={len(xs)} is not a multiple of {block}")
                         continue
                     if name.startswith("snap"):
                         structure = est_lib.snap_structure(
