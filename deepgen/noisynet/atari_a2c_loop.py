@@ -44,8 +44,12 @@ from deepgen.core.errors import UserError
 from deepgen.core.optim import learning_rate_schedule, make_optimizer
 from deepgen.core.train_loop import _SignalFlag
 from deepgen.noisynet.a2c import Transitions, a2c_loss, nstep_returns
-from deepgen.noisynet.atari import AtariVecEnv, clip_reward, env_options, eval_episodes, rom_id
-from deepgen.noisynet.atari_loop import eval_summary, make_checkpointer, prune_host_files
+from deepgen.noisynet.atari import AtariVecEnv, clip_reward, env_options, rom_id
+from deepgen.noisynet.atari_loop import (
+    evaluate_checkpoint,
+    make_checkpointer,
+    prune_host_files,
+)
 from deepgen.noisynet.networks import ActorCritic, make_actor_critic
 
 log = logging.getLogger(__name__)
@@ -519,50 +523,16 @@ def evaluate_returns(
 
 def _evaluate(config: ConfigDict, workdir: str) -> int:
     """Play eval.num_episodes episodes with the trained policy; write eval.json."""
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    missing = f"no checkpoints in {ckpt_dir}: run --mode=train with this workdir first"
-    if not os.path.isdir(ckpt_dir):
-        raise UserError(missing)
-    experiment = AtariA2CExperiment(config)
-    checkpointer = make_checkpointer(config, workdir)
-    latest = checkpointer.latest_step()
-    if latest is None:
-        checkpointer.close()
-        raise UserError(missing)
-    learner, loop = experiment.restore(checkpointer, latest)
-    checkpointer.close()
-    num_episodes = eval_episodes(config)
-    start = time.monotonic()
-    returns, truncated = evaluate_returns(experiment, learner.params, num_episodes)
-    seconds = time.monotonic() - start
-    summary = eval_summary(
-        config, experiment, returns, env_steps=int(loop["env_steps"]), truncated=truncated
+
+    def extra_fields(experiment: AtariA2CExperiment, learner: Any) -> dict:
+        policy = "actions sampled from the policy"
+        return {
+            "eval_policy": f"{policy}, a fresh noise sample per step"
+            if experiment.noisy
+            else policy,
+            "updates_trained": int(jax.device_get(learner.updates)),
+        }
+
+    return evaluate_checkpoint(
+        config, workdir, AtariA2CExperiment, evaluate_returns, extra_fields=extra_fields
     )
-    summary["eval_policy"] = (
-        "actions sampled from the policy, a fresh noise sample per step"
-        if experiment.noisy
-        else "actions sampled from the policy"
-    )
-    summary["updates_trained"] = int(jax.device_get(learner.updates))
-    summary["time"] = seconds
-    path = os.path.join(workdir, "eval.json")
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=2)
-    with metrics.MetricWriter(workdir, enabled=jax.process_index() == 0) as writer:
-        writer.write(
-            summary["env_steps_trained"],
-            {
-                "mean_return": summary["mean_return"],
-                "human_normalized_score": summary["human_normalized_score"],
-            },
-            split="eval",
-        )
-    stderr = summary["mean_return_stderr"]
-    print(
-        f"{experiment.game}: mean raw return {summary['mean_return']:.2f} "
-        f"(stderr {math.nan if stderr is None else stderr:.2f}) over {num_episodes} episodes, "
-        f"human-normalised {summary['human_normalized_score']:.1f}% after "
-        f"{summary['frames_trained']} frames; eval written to {path}",
-        flush=True,
-    )
-    return 0

@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -413,25 +414,43 @@ def _finish_chunk(chunk: dict, pending: list[dict]) -> dict:
 
 def _evaluate(config: ConfigDict, workdir: str) -> int:
     """Play eval.num_episodes no-op-start episodes with the noise on; write eval.json."""
+    return evaluate_checkpoint(config, workdir, AtariExperiment, evaluate_returns)
+
+
+def evaluate_checkpoint(
+    config: ConfigDict,
+    workdir: str,
+    make_experiment: Callable[[ConfigDict], Any],
+    play: Callable[[Any, Any, int], tuple[np.ndarray, np.ndarray]],
+    extra_fields: Callable[[Any, Any], dict] | None = None,
+) -> int:
+    """Restore the newest checkpoint, play eval.num_episodes episodes, write eval.json.
+
+    Shared by the DQN and A2C host loops: `make_experiment(config)` has .restore(checkpointer,
+    step) -> (learner, loop state with "env_steps"); `play(experiment, params, n)` returns the raw
+    returns and whether each episode was cut; `extra_fields(experiment, learner)` adds fields.
+    """
     ckpt_dir = os.path.join(workdir, "checkpoints")
     missing = f"no checkpoints in {ckpt_dir}: run --mode=train with this workdir first"
     if not os.path.isdir(ckpt_dir):
         raise UserError(missing)
-    experiment = AtariExperiment(config)
+    experiment = make_experiment(config)
     checkpointer = make_checkpointer(config, workdir)
     latest = checkpointer.latest_step()
     if latest is None:
         checkpointer.close()
         raise UserError(missing)
-    learner, data = experiment.restore(checkpointer, latest)
+    learner, loop = experiment.restore(checkpointer, latest)
     checkpointer.close()
     num_episodes = eval_episodes(config)
     start = time.monotonic()
-    returns, truncated = evaluate_returns(experiment, learner.params, num_episodes)
+    returns, truncated = play(experiment, learner.params, num_episodes)
     seconds = time.monotonic() - start
     summary = eval_summary(
-        config, experiment, returns, env_steps=int(data["env_steps"]), truncated=truncated
+        config, experiment, returns, env_steps=int(loop["env_steps"]), truncated=truncated
     )
+    if extra_fields is not None:
+        summary.update(extra_fields(experiment, learner))
     summary["time"] = seconds
     path = os.path.join(workdir, "eval.json")
     with open(path, "w") as f:
