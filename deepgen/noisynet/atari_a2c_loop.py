@@ -24,7 +24,6 @@ workdir/envs/host_<env_steps>.npz, the emulators' states and current observation
 run, or one stopped by SIGTERM/SIGINT, gives the same numbers as an uninterrupted one.
 """
 
-import json
 import logging
 import math
 import os
@@ -46,6 +45,7 @@ from deepgen.core.train_loop import _SignalFlag
 from deepgen.noisynet.a2c import Transitions, a2c_loss, nstep_returns
 from deepgen.noisynet.atari import AtariVecEnv, clip_reward, env_options, rom_id
 from deepgen.noisynet.atari_loop import (
+    cached_jitted_agent,
     evaluate_checkpoint,
     make_checkpointer,
     prune_host_files,
@@ -161,28 +161,14 @@ _COMPILED: dict[str, tuple] = {}  # agent-defining config -> (agent, jitted init
 
 def _compiled_agent(config: ConfigDict, num_actions: int) -> tuple:
     """make_atari_a2c and its jitted functions, shared by the runs of one process (tests, sweeps)."""
-    key = json.dumps(
-        [
-            config.agent.to_dict(),
-            config.network.to_dict(),
-            config.opt.to_dict(),
-            num_updates(config),
-            num_actions,
-        ],
-        sort_keys=True,
-        default=str,
-    )
-    if key not in _COMPILED:
-        if len(_COMPILED) >= 4:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        agent = make_atari_a2c(config, num_actions)
-        _COMPILED[key] = (
-            agent,
-            jax.jit(agent.init),
-            jax.jit(agent.act),
-            jax.jit(agent.learn, donate_argnums=0),
-        )
-    return _COMPILED[key]
+    key_parts = [
+        config.agent.to_dict(),
+        config.network.to_dict(),
+        config.opt.to_dict(),
+        num_updates(config),
+        num_actions,
+    ]
+    return cached_jitted_agent(_COMPILED, key_parts, lambda: make_atari_a2c(config, num_actions))
 
 
 class EnvStep(NamedTuple):

@@ -74,31 +74,37 @@ class _SignalFlag:
 _COMPILED: dict[str, tuple] = {}  # agent-defining config -> (agent, init, act, learn), jitted
 
 
-def _compiled_agent(config: ConfigDict, num_actions: int) -> tuple:
-    """make_dqn_agent and its jitted functions, reused by later runs in this process with the same
-    agent, network, optimiser and schedule length (a sweep or a test skips recompiling)."""
-    key = json.dumps(
-        [
-            config.agent.to_dict(),
-            config.network.to_dict(),
-            config.opt.to_dict(),
-            num_learn_steps(config) if config.opt.schedule != "constant" else None,
-            num_actions,
-        ],
-        sort_keys=True,
-        default=str,
-    )
-    if key not in _COMPILED:
-        if len(_COMPILED) >= 4:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        agent = make_dqn_agent(config, num_actions)
-        _COMPILED[key] = (
+def cached_jitted_agent(cache: dict, key_parts: list, make_agent: Callable[[], Any]) -> tuple:
+    """(agent, jit(init), jit(act), jit(learn) donating its state), cached under key_parts.
+
+    Later runs in this process with the same agent-defining config (a sweep, a test) skip
+    recompiling; the cache keeps the 4 newest agents.
+    """
+    key = json.dumps(key_parts, sort_keys=True, default=str)
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.pop(next(iter(cache)))
+        agent = make_agent()
+        cache[key] = (
             agent,
             jax.jit(agent.init),
             jax.jit(agent.act),
             jax.jit(agent.learn, donate_argnums=0),
         )
-    return _COMPILED[key]
+    return cache[key]
+
+
+def _compiled_agent(config: ConfigDict, num_actions: int) -> tuple:
+    """make_dqn_agent and its jitted functions, keyed by the agent, network, optimiser and schedule."""
+    schedule_steps = num_learn_steps(config) if config.opt.schedule != "constant" else None
+    key_parts = [
+        config.agent.to_dict(),
+        config.network.to_dict(),
+        config.opt.to_dict(),
+        schedule_steps,
+        num_actions,
+    ]
+    return cached_jitted_agent(_COMPILED, key_parts, lambda: make_dqn_agent(config, num_actions))
 
 
 class AtariExperiment:
