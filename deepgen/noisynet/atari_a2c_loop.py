@@ -38,13 +38,13 @@ import optax
 from ml_collections import ConfigDict
 
 from deepgen.core import metrics
-from deepgen.core.checkpoint import Checkpointer
 from deepgen.core.errors import UserError
 from deepgen.core.optim import learning_rate_schedule, make_optimizer
 from deepgen.core.train_loop import _SignalFlag
 from deepgen.noisynet.a2c import Transitions, a2c_loss, nstep_returns
 from deepgen.noisynet.atari import AtariVecEnv, clip_reward, env_options, rom_id
 from deepgen.noisynet.atari_loop import (
+    AtariHostExperiment,
     cached_jitted_agent,
     evaluate_checkpoint,
     make_checkpointer,
@@ -206,7 +206,7 @@ def step_envs(envs: AtariVecEnv, actions_E: np.ndarray) -> EnvStep:
     )
 
 
-class AtariA2CExperiment:
+class AtariA2CExperiment(AtariHostExperiment):
     """The agent, its jitted functions and the environment settings of one config."""
 
     def __init__(self, config: ConfigDict):
@@ -232,27 +232,6 @@ class AtariA2CExperiment:
     def noise_key(self, update: int) -> jax.Array:
         """The noise sample held for the rollout before optimisation step `update`."""
         return jax.random.fold_in(self.stream(_NOISE), update)
-
-    def make_envs(self, *, num_envs: int, stream: int, **overrides: Any) -> AtariVecEnv:
-        """Environments seeded from (config seed, stream)."""
-        seed = int(np.random.SeedSequence([int(self.config.seed), stream]).generate_state(1)[0])
-        return AtariVecEnv(self.game, num_envs=num_envs, seed=seed, **{**self.options, **overrides})
-
-    def restore(self, checkpointer: Checkpointer, step: int) -> tuple[A2CLearner, dict]:
-        """The A2CLearner and loop dict saved at step."""
-        abstract = jax.eval_shape(self.agent.init, self.base_key, self.obs_example)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-        )
-        try:
-            return checkpointer.restore(step, abstract)
-        except (ValueError, KeyError, TypeError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise UserError(
-                f"the checkpoint at env step {step} does not fit this config's agent/network/opt "
-                f"(use those of the training run, saved in config.json): {first_line[:200]}"
-            ) from None
 
 
 def collect_rollout(

@@ -107,7 +107,38 @@ def _compiled_agent(config: ConfigDict, num_actions: int) -> tuple:
     return cached_jitted_agent(_COMPILED, key_parts, lambda: make_dqn_agent(config, num_actions))
 
 
-class AtariExperiment:
+class AtariHostExperiment:
+    """What the DQN and A2C host loops share: seeded environments and restoring a checkpoint.
+
+    Subclasses set config, game, options, agent, base_key and obs_example; the training run's
+    config is saved in its workdir's config.json.
+    """
+
+    restore_hint = "use the agent.*, network.*, opt.* and env.frame_stack of the training run"
+
+    def make_envs(self, *, num_envs: int, stream: int, **overrides: Any) -> AtariVecEnv:
+        """Environments seeded from (config seed, stream)."""
+        seed = int(np.random.SeedSequence([int(self.config.seed), stream]).generate_state(1)[0])
+        return AtariVecEnv(self.game, num_envs=num_envs, seed=seed, **{**self.options, **overrides})
+
+    def restore(self, checkpointer: Checkpointer, step: int) -> tuple[Any, dict]:
+        """The learner state and the loop dict saved at step."""
+        abstract = jax.eval_shape(self.agent.init, self.base_key, self.obs_example)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+        )
+        try:
+            return checkpointer.restore(step, abstract)
+        except (ValueError, KeyError, TypeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise UserError(
+                f"the checkpoint at env step {step} does not fit this config's agent/network "
+                f"({self.restore_hint}): {first_line[:200]}"
+            ) from None
+
+
+class AtariExperiment(AtariHostExperiment):
     """The agent, its jitted act/learn functions and the environment settings of one config."""
 
     def __init__(self, config: ConfigDict):
@@ -127,31 +158,9 @@ class AtariExperiment:
         """Fresh parameters from the config seed."""
         return self._init(self.base_key, self.obs_example)
 
-    def make_envs(self, *, num_envs: int, stream: int, **overrides: Any) -> AtariVecEnv:
-        """Environments seeded from (config seed, stream)."""
-        seed = int(np.random.SeedSequence([int(self.config.seed), stream]).generate_state(1)[0])
-        return AtariVecEnv(self.game, num_envs=num_envs, seed=seed, **{**self.options, **overrides})
-
     def epsilon(self, env_steps: int) -> float:
         """The baseline's exploration rate; 0 for noisy agents (they ignore it)."""
         return 0.0 if self.noisy else float(self.agent.epsilon(env_steps))
-
-    def restore(self, checkpointer: Checkpointer, step: int) -> tuple[LearnerState, dict]:
-        """The LearnerState and data dict saved at step."""
-        abstract = jax.eval_shape(self.agent.init, self.base_key, self.obs_example)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-        )
-        try:
-            return checkpointer.restore(step, abstract)
-        except (ValueError, KeyError, TypeError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise UserError(
-                f"the checkpoint at env step {step} does not fit this config's agent/network "
-                f"(use the agent.*, network.* and env.frame_stack of the training run): "
-                f"{first_line[:200]}"
-            ) from None
 
 
 def run(config: ConfigDict, workdir: str, *, mode: str) -> int:
