@@ -125,6 +125,37 @@ def a2c_loss(
     return loss, metrics
 
 
+def a2c_step(
+    params: Any,
+    opt_state: Any,
+    batch: Transitions,
+    noise: Any,
+    *,
+    policy: Callable,
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    gamma: float,
+) -> tuple[Any, Any, Any, dict, jax.Array]:
+    """One A2C optimisation step on a rollout: (params, opt_state, grads, loss aux, returns).
+
+    The n-step returns bootstrap from the critic at the next observations, evaluated with the
+    rollout's noise (`noise`: whatever `policy` and `loss_fn` take as their noise argument).
+    """
+    rollout_len, num_envs = batch.action_TxE.shape
+    next_obs_NxO = batch.next_obs_TxExO.reshape((-1, *batch.next_obs_TxExO.shape[2:]))
+    _, next_value_N = policy(params, next_obs_NxO, noise)
+    return_TxE = nstep_returns(
+        reward_TxE=batch.reward_TxE,
+        terminated_TxE=batch.terminated_TxE,
+        truncated_TxE=batch.truncated_TxE,
+        next_value_TxE=jax.lax.stop_gradient(next_value_N).reshape((rollout_len, num_envs)),
+        gamma=gamma,
+    )
+    grads, aux = jax.grad(loss_fn, has_aux=True)(params, batch, return_TxE, noise)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, grads, aux, return_TxE
+
+
 def _policy_fn(network: Any) -> PolicyFn:
     """Apply the actor-critic network with a pre-drawn noise sample; bool frames become floats."""
 
@@ -256,18 +287,16 @@ def make_a2c_trainer(
             env_params=env_params,
             rollout_len=rollout_len,
         )
-        next_obs_NxO = batch.next_obs_TxExO.reshape((steps_per_update, *batch.obs_TxExO.shape[2:]))
-        _, next_value_N = policy(state.params, next_obs_NxO, noise)
-        return_TxE = nstep_returns(
-            reward_TxE=batch.reward_TxE,
-            terminated_TxE=batch.terminated_TxE,
-            truncated_TxE=batch.truncated_TxE,
-            next_value_TxE=jax.lax.stop_gradient(next_value_N).reshape((rollout_len, num_envs)),
+        params, opt_state, grads, metrics, _ = a2c_step(
+            state.params,
+            state.opt_state,
+            batch,
+            noise,
+            policy=policy,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
             gamma=gamma,
         )
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, return_TxE, noise)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         ended_TxE = jnp.logical_or(batch.terminated_TxE, batch.truncated_TxE)
         metrics = {
             **metrics,

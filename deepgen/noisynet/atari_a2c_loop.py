@@ -41,7 +41,7 @@ from deepgen.core import metrics
 from deepgen.core.errors import UserError
 from deepgen.core.optim import learning_rate_schedule, make_optimizer
 from deepgen.core.train_loop import _SignalFlag
-from deepgen.noisynet.a2c import Transitions, a2c_loss, nstep_returns
+from deepgen.noisynet.a2c import Transitions, a2c_loss, a2c_step
 from deepgen.noisynet.atari import AtariVecEnv, clip_reward, env_options, rom_id
 from deepgen.noisynet.atari_loop import (
     AtariHostExperiment,
@@ -137,19 +137,16 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2C:
     def learn(
         learner: A2CLearner, batch: Transitions, noise_key: jax.Array
     ) -> tuple[A2CLearner, dict]:
-        rollout_len, num_envs = batch.action_TxE.shape
-        next_obs_NxHxWxS = batch.next_obs_TxExO.reshape((-1, *batch.next_obs_TxExO.shape[2:]))
-        _, next_value_N = policy(learner.params, next_obs_NxHxWxS, noise_key)
-        return_TxE = nstep_returns(
-            reward_TxE=batch.reward_TxE,
-            terminated_TxE=batch.terminated_TxE,
-            truncated_TxE=batch.truncated_TxE,
-            next_value_TxE=jax.lax.stop_gradient(next_value_N).reshape((rollout_len, num_envs)),
+        params, opt_state, grads, aux, return_TxE = a2c_step(
+            learner.params,
+            learner.opt_state,
+            batch,
+            noise_key,
+            policy=policy,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
             gamma=gamma,
         )
-        grads, aux = jax.grad(loss_fn, has_aux=True)(learner.params, batch, return_TxE, noise_key)
-        updates, opt_state = optimizer.update(grads, learner.opt_state, learner.params)
-        params = optax.apply_updates(learner.params, updates)
         aux = {**aux, "grad_norm": optax.tree.norm(grads), "return_mean": jnp.mean(return_TxE)}
         return A2CLearner(params, opt_state, learner.updates + 1), aux
 
