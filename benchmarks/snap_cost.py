@@ -67,11 +67,17 @@ def make_problem(kind: str, k: int, density: float, input_size: int, steps: int)
     return config, params, masks, readout_params, xs, ys
 
 
+def split_name(name: str) -> tuple[str, int]:
+    """("snap1", 32) for "snap1_b32" (SnAp-1 folded every 32 steps); (name, 1) otherwise."""
+    base_name, _, block = name.partition("_b")
+    return base_name, int(block or 1)
+
+
 def prepare_estimator(name, config, params, masks, readout_params, xs, ys):
     """(jitted call, its args, trace bytes) of L steps of the online estimator `name` ("snap1_bL": blocked)."""
-    base_name, _, block = name.partition("_b")
+    base_name, block = split_name(name)
     estimator = est_lib.make_estimator(
-        base_name, config, readout_loss=readout_loss, masks=masks, snap_block=int(block or 1)
+        base_name, config, readout_loss=readout_loss, masks=masks, snap_block=block
     )
     state0 = cells.initial_state(config)
     traces = estimator.init_traces(params, masks, readout_params, state0)
@@ -207,13 +213,13 @@ def main() -> None:
                         continue
                     if name == "rtrl" and k > args.rtrl_max_size:
                         continue
-                    block = int(name.partition("_b")[2] or 1)
+                    block = split_name(name)[1]
                     if len(xs) % block:  # time whole blocks only: the fold is part of the cost
                         print(f"skip {name}: --steps={len(xs)} is not a multiple of {block}")
                         continue
                     if name.startswith("snap"):
                         structure = est_lib.snap_structure(
-                            config, masks, int(name.partition("_b")[0][4:])
+                            config, masks, int(split_name(name)[0][4:])
                         )
                         if est_lib.snap_trace_size(structure, params) > args.snap_max_entries:
                             print(
@@ -307,7 +313,7 @@ def build_report(rows, cell_kinds, densities, sizes, names, args) -> str:
         "|---|---|---|---|---|---|",
     ]
     index = {(r["cell"], r["density"], r["k"], r["estimator"]): r for r in rows}
-    snap1_names = [name for name in names if name.partition("_b")[0] == "snap1"]
+    snap1_names = [name for name in names if split_name(name)[0] == "snap1"]
     for kind in cell_kinds:
         for density in densities:
             for k in sizes:

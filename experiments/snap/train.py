@@ -286,7 +286,7 @@ def _stream_mean(tree: Any) -> Any:
     return jax.tree.map(mean, tree)
 
 
-def trace_axes(name: str, traces: Any) -> Any:
+def trace_axes(traces: Any) -> Any:
     """vmap axes of a stream batch of traces: 0, except the step counter of buffering estimators.
 
     (Truncated) BPTT and blocked SnAp-1 count the steps in their buffer. Streams start their
@@ -294,7 +294,6 @@ def trace_axes(name: str, traces: Any) -> Any:
     estimator's branch on a full buffer a real branch under vmap instead of a select that would
     run the buffer's backward pass or fold every step.
     """
-    del name
     if isinstance(traces, dict) and "count" in traces:
         return {key: (None if key == "count" else 0) for key in traces}
     return 0
@@ -323,9 +322,7 @@ def init_carry(model: Model, masks: Any, params: Any, rng: jax.Array) -> Carry:
     readout = init_readout(rng_readout, model.cell_config.hidden_size, model.task.num_classes)
     state_S = cells.initial_state(model.cell_config)
     state_BxS = jnp.broadcast_to(state_S, (model.batch, *state_S.shape))
-    axes = trace_axes(
-        model.estimator.name, model.estimator.init_traces(params, masks, readout, state_S)
-    )
+    axes = trace_axes(model.estimator.init_traces(params, masks, readout, state_S))
     traces = jax.vmap(
         lambda s: model.estimator.init_traces(params, masks, readout, s), out_axes=axes
     )(state_BxS)
@@ -355,7 +352,7 @@ def time_step(
     x_BxI, y_B, weight_B = model.task.token(carry.episode, data_tokens)
     rngs_B = jax.random.split(rng_est, model.batch)
     estimator = model.estimator
-    axes = trace_axes(estimator.name, carry.traces)
+    axes = trace_axes(carry.traces)
     step_fn = functools.partial(estimator.step, carry.params, masks, carry.readout)
     state_BxS, traces, grads, loss_B, ready_B = jax.vmap(
         step_fn, in_axes=(0, axes, 0, 0, 0), out_axes=(0, axes, 0, 0, 0)
@@ -377,7 +374,7 @@ def time_step(
             pending = jax.lax.cond(
                 ended & (traces["count"] > 0),
                 lambda: _stream_mean(flush(traces)),
-                lambda: jax.tree.map(jnp.zeros_like, cell_grads),
+                lambda: _zeros_like(cell_grads),
             )
             cell_grads = jax.tree.map(jnp.add, cell_grads, pending)
         mean_grads = (cell_grads, readout_grads)
