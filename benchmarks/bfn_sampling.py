@@ -7,7 +7,7 @@ Each (solver, n) is one jitted call that runs the whole sampler (one lax.scan of
 t = 1 readout, n + 1 network calls), sharded over the batch like `--mode=sample`; it is timed after
 a compile-and-warm-up call as the median of --repeats calls. Parameters are random (the speed
 does not depend on them) unless --workdir names a trained run. Solvers: "bfn" is the data type's
-original sampler (experiments/bfn/flows.py); sde1, sde2, ode1, ode2 are BFN-Solver
+original sampler (deepgen/bfn/flows.py); sde1, sde2, ode1, ode2 are BFN-Solver
 (deepgen/bfn/solver.py; for continuous data sde1 is the original update itself, and for
 discretised data the solvers follow the output's mean, which gives the samples' mean rather
 than the original's bin draws). Prints a markdown table and writes it to --out
@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 from configs import bfn as bfn_configs  # noqa: E402
 from deepgen.bfn import continuous  # noqa: E402
 from deepgen.bfn import solver as bfn_solver  # noqa: E402
+from deepgen.bfn.flows import DiscreteFlow  # noqa: E402
 from deepgen.core import mesh as mesh_lib  # noqa: E402
 from deepgen.core.errors import UserError  # noqa: E402
-from experiments.bfn.flows import DiscreteFlow  # noqa: E402
-from experiments.bfn.train import Experiment  # noqa: E402
+from experiments.bfn.method import BFN  # noqa: E402
 
 SOLVERS = ("bfn", *bfn_solver.SOLVERS[1:])
 
@@ -56,7 +56,7 @@ def parse_config(variant: str, overrides: list[str]):
     return config
 
 
-def make_sampler(experiment: Experiment, name: str, n_steps: int, batch_size: int):
+def make_sampler(experiment: BFN, name: str, n_steps: int, batch_size: int):
     """A jitted (params, rng) -> samples for one solver and number of steps, batch-sharded."""
     flow = experiment.flow
     shape = (batch_size, *experiment.variable_shape)
@@ -123,7 +123,7 @@ def main() -> None:
     config = parse_config(args.variant, args.set)
     if args.dtype:
         config.model.dtype = args.dtype
-    experiment = Experiment(config)
+    experiment = BFN(config)
     for name in solvers:
         if name not in SOLVERS:
             parser.error(f"--solver: {name!r} is not one of {SOLVERS}")

@@ -33,7 +33,8 @@ from configs import bfn as bfn_configs  # noqa: E402
 from deepgen.bfn import sampler, solver  # noqa: E402
 from deepgen.core.errors import UserError  # noqa: E402
 from deepgen.data import text8  # noqa: E402
-from experiments.bfn import train as bfn_train  # noqa: E402
+from experiments import runner  # noqa: E402
+from experiments.bfn.method import BFN  # noqa: E402
 
 SAMPLER_NAMES = {
     "bfn": "original BFN sampler (sampler.sample_discrete)",
@@ -146,10 +147,10 @@ def main() -> None:
     config = parse_config(args.variant, args.set)
     if config.data.name != "text8":
         parser.error(f"--variant={args.variant} is not a text8 variant")
-    experiment = bfn_train.Experiment(config)
+    experiment = BFN(config)
     ckpt_dir = Path(args.workdir) / "checkpoints"
     if args.train and not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
-        bfn_train.run(config, args.workdir, mode="train")
+        runner.run(BFN, config, args.workdir, mode="train")
     try:
         state = experiment.restore(args.workdir)
     except UserError as error:

@@ -30,7 +30,7 @@ from configs import bfn as bfn_configs  # noqa: E402
 from deepgen.bfn.model import count_params  # noqa: E402
 from deepgen.bfn.transformer import model_flops_per_token  # noqa: E402
 from deepgen.core import mesh as mesh_lib  # noqa: E402
-from experiments.bfn.train import Experiment  # noqa: E402
+from experiments.bfn.method import BFN  # noqa: E402
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -68,7 +68,7 @@ def main() -> None:
             value if isinstance(node[leaf], str) else type(node[leaf])(ast.literal_eval(value))
         )
 
-    experiment = Experiment(config)
+    experiment = BFN(config)
     mesh = experiment.mesh
     abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
     shardings = mesh_lib.state_shardings(abstract, mesh)

@@ -46,7 +46,7 @@ def _official_optimisation(config: ConfigDict) -> None:
 
 
 def _mnist() -> ConfigDict:
-    config = common.base_config("bfn")
+    config = common.base_config("bfn", data=True, batch_size=64, ema=True, validation=True)
     config.data.name = "mnist"
 
     config.bfn = ConfigDict()
@@ -123,7 +123,7 @@ def _smoke() -> ConfigDict:
 
 
 def _text8() -> ConfigDict:
-    config = common.base_config("bfn")
+    config = common.base_config("bfn", data=True, batch_size=64, ema=True, validation=True)
     config.data.name = "text8"
     config.data.seq_len = 256
 
@@ -201,7 +201,7 @@ def _text8_smoke() -> ConfigDict:
 
 
 def _cifar10(num_bins: int, output: str) -> ConfigDict:
-    config = common.base_config("bfn")
+    config = common.base_config("bfn", data=True, batch_size=64, ema=True, validation=True)
     config.data.name = "cifar10"
 
     config.bfn = ConfigDict()

@@ -30,23 +30,39 @@ def select_variant(
     return config
 
 
-def base_config(method: str) -> ConfigDict:
-    """Fields every experiment has; methods add their own sections."""
+def base_config(
+    method: str,
+    *,
+    data: bool = False,
+    batch_size: int = 0,
+    ema: bool = False,
+    validation: bool = False,
+) -> ConfigDict:
+    """The fields every method reads, plus the optional sections a method asks for.
+
+    Every method: method, variant, seed, train.num_steps and train.log_every (in the method's
+    unit of progress), opt.*, mesh.*, ckpt.*. On request: data.* (name, dir, source),
+    train.batch_size, ema.* (an EMA of the parameters) and train.eval_every (validation during
+    training). No field is here that a method does not read.
+    """
     config = ConfigDict()
     config.method = method
     config.variant = ""
     config.seed = 0
 
-    config.data = ConfigDict()
-    config.data.name = ""
-    config.data.dir = ""
-    config.data.source = "auto"
+    if data:
+        config.data = ConfigDict()
+        config.data.name = ""
+        config.data.dir = ""
+        config.data.source = "auto"
 
     config.train = ConfigDict()
     config.train.num_steps = 1000
-    config.train.batch_size = 64
     config.train.log_every = 50
-    config.train.eval_every = 0
+    if batch_size:
+        config.train.batch_size = batch_size
+    if validation:
+        config.train.eval_every = 0
 
     config.opt = ConfigDict()
     config.opt.name = "adamw"
@@ -59,9 +75,10 @@ def base_config(method: str) -> ConfigDict:
     config.opt.weight_decay = 0.01
     config.opt.clip_norm = 0.0
 
-    config.ema = ConfigDict()
-    config.ema.decay = 0.9999
-    config.ema.warmup = False
+    if ema:
+        config.ema = ConfigDict()
+        config.ema.decay = 0.9999
+        config.ema.warmup = False
 
     config.mesh = ConfigDict(dict(MESH_PRESETS["data_parallel"]))
     config.fsdp_min_size = 2**14

@@ -14,8 +14,9 @@ Variants:
   smoke                        tiny, for tests (Copy task)
   charlm_smoke                 tiny, for tests (char LM)
 
-Units: train.num_steps, train.chunk_steps and train.update_every count time steps of every
-stream (one step = train.batch_size tokens); train.log_every and ckpt.every count chunks.
+Units: train.num_steps, train.chunk_steps, train.update_every, train.log_every and ckpt.every
+count time steps of every stream (one time step = train.batch_size tokens); one train step of
+the loop is one chunk of train.chunk_steps time steps, so the last two are multiples of it.
 """
 
 from ml_collections import ConfigDict
@@ -24,7 +25,7 @@ from configs import common
 
 
 def _base(task: str, cell: str) -> ConfigDict:
-    config = common.base_config("snap")
+    config = common.base_config("snap", data=True, batch_size=16)
     config.task = task
 
     config.model = ConfigDict()
@@ -44,8 +45,6 @@ def _base(task: str, cell: str) -> ConfigDict:
     config.train.online = True
     config.train.update_every = 1
     config.train.batch_size = 16  # independent streams
-    config.train.log_every = 1
-    config.train.eval_every = 0
 
     config.opt.name = "adam"
     config.opt.lr = 1e-3
@@ -71,7 +70,6 @@ def _base(task: str, cell: str) -> ConfigDict:
     config.sample.temperature = 1.0
     config.sample.prompt = "the "
 
-    config.ckpt.every = 50
     config.ckpt.keep = 3
 
     if task == "copy":
@@ -82,6 +80,13 @@ def _base(task: str, cell: str) -> ConfigDict:
         config.data.name = "text8"
         config.train.chunk_steps = 128
         config.train.num_steps = 1_000_000
+    return _every_chunks(config, log=1, ckpt=50)
+
+
+def _every_chunks(config: ConfigDict, *, log: int, ckpt: int) -> ConfigDict:
+    """Log every `log` chunks and checkpoint every `ckpt` chunks (both count time steps)."""
+    config.train.log_every = log * config.train.chunk_steps
+    config.ckpt.every = ckpt * config.train.chunk_steps
     return config
 
 
@@ -89,7 +94,6 @@ def _cpu(config: ConfigDict) -> ConfigDict:
     config.model.hidden_size = 32
     config.train.batch_size = 16
     config.opt.lr = 3e-3
-    config.ckpt.every = 20
     config.data.max_length = 64
     config.eval.num_crops = 128
     if config.task == "copy":
@@ -98,7 +102,7 @@ def _cpu(config: ConfigDict) -> ConfigDict:
     else:
         config.train.chunk_steps = 128
         config.train.num_steps = 3072
-    return config
+    return _every_chunks(config, log=1, ckpt=20)
 
 
 def _smoke() -> ConfigDict:
@@ -112,11 +116,10 @@ def _smoke() -> ConfigDict:
     config.eval.num_sequences = 8
     config.eval.num_crops = 8
     config.eval.batch_size = 8
-    config.ckpt.every = 2
     config.ckpt.keep = 2
     config.sample.num_samples = 2
     config.sample.num_chars = 40
-    return config
+    return _every_chunks(config, log=1, ckpt=2)
 
 
 def _charlm_smoke() -> ConfigDict:
@@ -125,7 +128,7 @@ def _charlm_smoke() -> ConfigDict:
     config.data.name = "text8"
     config.data.seq_len = 16
     config.train.chunk_steps = 16
-    return config
+    return _every_chunks(config, log=1, ckpt=2)
 
 
 VARIANTS = {

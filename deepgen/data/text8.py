@@ -29,17 +29,16 @@ import re
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
 
 import numpy as np
 
-from deepgen.core.errors import ConfigError, DataError
+from deepgen.core.errors import DataError
+from deepgen.data import sources
 from deepgen.data.embedded import installed_package_file
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 VOCAB_SIZE = len(ALPHABET)  # K = 27
 SPLITS = ("train", "validation", "test")
-SOURCES = ("auto", "embedded", "file", "download")
 
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 # sha256 of text8.zip as served by TEXT8_URL and of the 100,000,000-byte text8 inside it. Neither
@@ -262,54 +261,7 @@ def load_text8(split: str, *, data_dir: str | None = None, source: str = "auto")
     ``data_dir/text8.zip`` (the unzipped file preferred); it never downloads. The returned
     tokens are a read-only view shared between calls.
     """
-    _check_choice("split", split, SPLITS)
-    _check_choice("source", source, SOURCES)
-    data_dir = os.fspath(data_dir) if data_dir else None
-
-    if source == "auto":
-        source = "embedded" if data_dir is None else "file"
-    if source == "embedded":
-        return _load_embedded(split)
-    if data_dir is None:
-        raise ConfigError(
-            f"source={source!r} needs data.dir set to a folder for text8 "
-            f"({TEXT8_FILE_NAME} or {TEXT8_ZIP_NAME}); set data.dir or use source='auto'"
-        )
-    if source == "download":
-        return _load_file(split, download_text8(data_dir))
-    _require_existing_dir(data_dir)
-    path = _find_text8_file(data_dir)
-    if path is None:
-        raise DataError(
-            f"data.dir={data_dir} has no text8 data: expected "
-            f"{os.path.join(data_dir, TEXT8_FILE_NAME)} (the unzipped 100,000,000-character "
-            f"file) or {os.path.join(data_dir, TEXT8_ZIP_NAME)} from {TEXT8_URL}; put it there, "
-            "use source='download', or leave data.dir empty for the embedded text"
-        )
-    return _load_file(split, path)
-
-
-def _check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
-    """Raises ConfigError unless value is one of the allowed choices."""
-    if value not in allowed:
-        raise ConfigError(
-            f"{option}={value!r} is not supported; use one of {', '.join(map(repr, allowed))}"
-        )
-
-
-def _require_existing_dir(data_dir: str) -> None:
-    """Raises DataError unless data_dir is an existing directory."""
-    if not os.path.exists(data_dir):
-        raise DataError(
-            f"data.dir={data_dir} does not exist; create it with {TEXT8_FILE_NAME} or "
-            f"{TEXT8_ZIP_NAME} inside, use source='download', or leave data.dir empty to use "
-            "the embedded text"
-        )
-    if not os.path.isdir(data_dir):
-        raise DataError(
-            f"data.dir={data_dir} is a file, not a directory; point data.dir at the folder that "
-            f"holds {TEXT8_FILE_NAME} or {TEXT8_ZIP_NAME}"
-        )
+    return sources.load(TEXT8_SOURCES, split, data_dir=data_dir, source=source)
 
 
 def _find_text8_file(data_dir: str) -> str | None:
@@ -458,6 +410,19 @@ def _read_file_tokens(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, 
     return tokens_N, note
 
 
+def _load_from_dir(split: str, data_dir: str) -> TextSplit:
+    """One split of data_dir/text8 or data_dir/text8.zip."""
+    path = _find_text8_file(data_dir)
+    if path is None:
+        raise DataError(
+            f"data.dir={data_dir} has no text8 data: expected "
+            f"{os.path.join(data_dir, TEXT8_FILE_NAME)} (the unzipped 100,000,000-character "
+            f"file) or {os.path.join(data_dir, TEXT8_ZIP_NAME)} from {TEXT8_URL}; put it there, "
+            "use source='download', or leave data.dir empty for the embedded text"
+        )
+    return _load_file(split, path)
+
+
 def _load_file(split: str, path: str) -> TextSplit:
     """One split of a text8 file or zip."""
     try:
@@ -473,12 +438,9 @@ def _load_file(split: str, path: str) -> TextSplit:
 # ----------------------------------------------------------------------------------------------
 
 
-def _sha256_of_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as data_file:
-        for chunk in iter(lambda: data_file.read(_DOWNLOAD_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _load_download(split: str, data_dir: str) -> TextSplit:
+    """One split of text8.zip, downloaded into data_dir first unless a verified copy is there."""
+    return _load_file(split, download_text8(data_dir))
 
 
 def download_text8(data_dir: str) -> str:
@@ -499,7 +461,7 @@ def download_text8(data_dir: str) -> str:
             "choose a writable folder"
         ) from err
     path = os.path.join(data_dir, TEXT8_ZIP_NAME)
-    if os.path.isfile(path) and _sha256_of_file(path) == TEXT8_SHA256:
+    if os.path.isfile(path) and sources.file_digest(path, "sha256") == TEXT8_SHA256:
         return path
 
     partial_path = path + ".part"
@@ -628,3 +590,25 @@ def unigram_entropy_bits(train_tokens_N: np.ndarray, test_tokens_M: np.ndarray) 
     log2_probability_K = np.log2(counts_K) - math.log2(counts_K.sum())
     test_counts_K = np.bincount(test, minlength=VOCAB_SIZE).astype(np.float64)
     return float(-(test_counts_K @ log2_probability_K) / test.size)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sources (declared after their loaders)
+# ----------------------------------------------------------------------------------------------
+
+TEXT8_SOURCES = sources.DatasetSources(
+    title="text8",
+    splits=SPLITS,
+    sources={
+        "embedded": sources.embedded_source(_load_embedded, f"the {EMBEDDED_DESCRIPTION}"),
+        "file": sources.Source(
+            _load_from_dir,
+            f"{TEXT8_FILE_NAME} or {TEXT8_ZIP_NAME} (from {TEXT8_URL})",
+            found_in=lambda data_dir: _find_text8_file(data_dir) is not None,
+        ),
+        "download": sources.Source(
+            _load_download, f"{TEXT8_ZIP_NAME}, downloaded from {TEXT8_URL}", data_dir="created"
+        ),
+    },
+)
+SOURCES = TEXT8_SOURCES.choices  # ("auto", "embedded", "file", "download")

@@ -3,7 +3,7 @@
 A family says how to load its data, how the network reads theta and t, how to turn nats per
 example into the paper's unit (nats per image for MNIST, bits per character for text8), what
 baseline to print, and how to write samples. Everything else (the flow, the losses, the train
-step, the evaluation protocol and the sampler) is shared in experiments/bfn/train.py.
+step, the evaluation protocol and the sampler) is shared in experiments/bfn/method.py.
 """
 
 import functools
@@ -150,14 +150,14 @@ class BinaryImages:
         return mask, digits
 
     def write_samples(
-        self, samples: np.ndarray, probs: np.ndarray, out_dir: str, step: int, n_steps: int
+        self, samples: np.ndarray, probs: np.ndarray, out_dir: str, stem: str
     ) -> dict[str, str]:
         """A PNG grid of the binary samples and one of p(pixel = 1) at t = 1."""
         grid = plots.save_image_grid(
-            samples.astype(np.float32), os.path.join(out_dir, f"samples_step{step}_n{n_steps}.png")
+            samples.astype(np.float32), os.path.join(out_dir, f"samples_{stem}.png")
         )
         mean_grid = plots.save_image_grid(
-            probs[..., 1], os.path.join(out_dir, f"probabilities_step{step}_n{n_steps}.png")
+            probs[..., 1], os.path.join(out_dir, f"probabilities_{stem}.png")
         )
         return {"samples": grid, "output probabilities at t=1": mean_grid}
 
@@ -297,13 +297,13 @@ class Text8:
         return mask, values
 
     def write_samples(
-        self, samples: np.ndarray, probs: np.ndarray, out_dir: str, step: int, n_steps: int
+        self, samples: np.ndarray, probs: np.ndarray, out_dir: str, stem: str
     ) -> dict[str, str]:
         """One sampled window per line in a text file."""
         from deepgen.data import text8
 
         os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f"samples_step{step}_n{n_steps}.txt")
+        path = os.path.join(out_dir, f"samples_{stem}.txt")
         with open(path, "w") as f:
             for row in samples:
                 f.write(text8.decode(row) + "\n")
@@ -456,7 +456,7 @@ class ColourImages:
         return mask, values
 
     def write_samples(
-        self, samples: np.ndarray, probs: np.ndarray, out_dir: str, step: int, n_steps: int
+        self, samples: np.ndarray, probs: np.ndarray, out_dir: str, stem: str
     ) -> dict[str, str]:
         """A PNG grid of the samples (bin centres mapped back to 8-bit colours)."""
         from deepgen.data import cifar10
@@ -464,7 +464,7 @@ class ColourImages:
         pixels = cifar10.bfn_to_pixels(samples, self.num_bins)
         path = plots.save_image_grid(
             pixels.astype(np.float32) / 255.0,
-            os.path.join(out_dir, f"samples_step{step}_n{n_steps}.png"),
+            os.path.join(out_dir, f"samples_{stem}.png"),
         )
         return {"samples": path}
 

@@ -100,7 +100,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         None, checkpoint.abstract_with_shardings(abstract, mesh_lib.state_shardings(abstract, mesh))
     )
     ckpt.close()
-    assert int(restored.step) == 4 and data_state == {"position": 4}
+    assert int(restored.step) == 4
+    assert data_state == {"iterator": {"position": 4}, "units": 4, "unit": "steps"}
     assert np.all(np.isfinite(jax.device_get(restored.params["w"])))
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from deepgen.bfn import continuous
 from deepgen.core.errors import ConfigError, DataError
-from deepgen.data import cifar10
+from deepgen.data import cifar10, sources
 
 
 def assert_one_line_error(error: Exception, *fragments: str) -> None:
@@ -314,7 +314,9 @@ def test_bad_options_are_config_errors(kwargs: dict, fragment: str) -> None:
 def _pretend_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
     """tfds mocks keep is_prepared() False; skip that check and describe the mock instead."""
     monkeypatch.setattr(
-        cifar10, "_describe_prepared_tfds", lambda data_dir: f"TFDS cifar10:mock in {data_dir}"
+        sources,
+        "describe_prepared_tfds",
+        lambda name, data_dir, alternative="": f"{name}:mock in {data_dir}",
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deepgen.core.errors import ConfigError, DataError
-from deepgen.data import mnist
+from deepgen.data import mnist, sources
 
 REAL_MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/mnist"
 REAL_TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
@@ -315,7 +315,9 @@ def test_bad_options_are_config_errors(kwargs: dict, fragment: str) -> None:
 def _pretend_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
     """tfds mocks keep is_prepared() False; skip that check and describe the mock instead."""
     monkeypatch.setattr(
-        mnist, "_describe_prepared_tfds", lambda name, data_dir: f"{name}:mock in {data_dir}"
+        sources,
+        "describe_prepared_tfds",
+        lambda name, data_dir, alternative="": f"{name}:mock in {data_dir}",
     )
 
 

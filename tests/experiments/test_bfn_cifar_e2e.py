@@ -8,7 +8,7 @@ from conftest import read_jsonl
 from PIL import Image
 
 from experiments import main as entry
-from experiments.bfn.train import Experiment
+from experiments.bfn.method import BFN
 
 SMOKE = "--config=configs/bfn.py:cifar10_smoke"
 FAST = ["--config.train.num_steps=12", "--config.ckpt.every=12"]
@@ -46,10 +46,10 @@ def test_cifar10_inpainting_keeps_the_known_top_halves(tmp_path):
     assert entry.run(["main", SMOKE, f"--workdir={workdir}", *FAST]) == 0
     config = bfn_configs.get_config("cifar10_smoke")
     config.sample.inpaint = "top_half"
-    experiment = Experiment(config)
+    experiment = BFN(config)
     state = experiment.restore(str(workdir))
     known = experiment.family.known_positions(8)
-    samples, _ = experiment.sample(
+    samples, _ = experiment.draw(
         experiment.eval_params(state),
         num_samples=8,
         n_steps=5,

@@ -18,7 +18,7 @@ from configs import bfn as bfn_configs
 from deepgen.core import checkpoint
 from deepgen.core import mesh as mesh_lib
 from experiments import main as entry
-from experiments.bfn.train import Experiment
+from experiments.bfn.method import BFN
 
 SMOKE = "--config=configs/bfn.py:smoke"
 # A constant learning rate, so that a run stopped at step N and resumed with a larger
@@ -42,7 +42,7 @@ def train_args(workdir: Path, num_steps: int = NUM_STEPS, *extra: str) -> list[s
 
 
 def restore_params(workdir: Path, step: int | None = None):
-    experiment = Experiment(bfn_configs.get_config("smoke"))
+    experiment = BFN(bfn_configs.get_config("smoke"))
     if step is None:
         return jax.device_get(experiment.restore(str(workdir)).params)
     abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
@@ -251,7 +251,7 @@ def test_fsdp_gives_the_same_losses_as_data_parallel(reference_run, tmp_path):
     workdir = tmp_path / "fsdp"
     fsdp = ["--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.fsdp_min_size=64"]
     assert entry.run(["main", *train_args(workdir), *fsdp]) == 0
-    experiment = Experiment(bfn_configs.get_config("smoke"))
+    experiment = BFN(bfn_configs.get_config("smoke"))
     abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": -1})
     specs = [
@@ -277,11 +277,11 @@ def test_a_checkpoint_from_another_model_gives_one_line_and_stays_untouched(refe
 def test_inpainting_keeps_the_known_top_halves(reference_run):
     config = bfn_configs.get_config("smoke")
     config.sample.inpaint = "top_half"
-    experiment = Experiment(config)
+    experiment = BFN(config)
     mask, digits = experiment.family.known_positions(8)
     assert mask[:, :14].all() and not mask[:, 14:].any()
     state = experiment.restore(str(reference_run))
-    samples, probs = experiment.sample(
+    samples, probs = experiment.draw(
         state.ema_params, num_samples=8, n_steps=5, rng=jax.random.key(0), known=(mask, digits)
     )
     np.testing.assert_array_equal(samples[:, :14], digits[:, :14])

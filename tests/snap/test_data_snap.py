@@ -9,7 +9,7 @@ import pytest
 
 from deepgen.core.errors import DataError
 from deepgen.data import char_text, copy_task, text8
-from experiments.snap import train as snap_train
+from deepgen.snap import online as snap_online
 
 
 def _run_episode(episode, num_symbols):
@@ -112,9 +112,9 @@ def test_training_crops_come_from_the_given_split():
 def test_bits_conversion():
     assert char_text.nats_to_bits(math.log(2.0)) == pytest.approx(1.0)
     readout = {"w": jnp.zeros((4, 27)), "b": jnp.zeros(27)}
-    nats = snap_train.readout_loss(readout, jnp.ones(4), (jnp.asarray(5), jnp.asarray(1.0)))
+    nats = snap_online.readout_loss(readout, jnp.ones(4), (jnp.asarray(5), jnp.asarray(1.0)))
     assert char_text.nats_to_bits(float(nats)) == pytest.approx(math.log2(27), rel=1e-6)
-    assert float(snap_train.readout_loss(readout, jnp.ones(4), (5, 0.0))) == 0.0
+    assert float(snap_online.readout_loss(readout, jnp.ones(4), (5, 0.0))) == 0.0
     sums = {
         "nats": 6 * math.log(2.0),
         "weight": 3.0,
@@ -122,7 +122,7 @@ def test_bits_conversion():
         "grad_norm": 1.0,
         "curriculum_length": 4.0,
     }
-    assert snap_train.chunk_metrics(sums)["bits_per_char"] == pytest.approx(2.0)
+    assert snap_online.chunk_metrics(sums)["bits_per_char"] == pytest.approx(2.0)
 
 
 def test_wikitext_vocabulary_comes_from_the_training_bytes(tmp_path):

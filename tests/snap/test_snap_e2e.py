@@ -11,8 +11,10 @@ from conftest import read_jsonl
 
 from configs import snap as snap_configs
 from deepgen.snap import cells, estimators
+from deepgen.snap import online as snap_online
 from experiments import main as entry
-from experiments.snap import train as snap_train
+from experiments import runner
+from experiments.snap.method import SnAp, validate
 
 SMOKE = "--config=configs/snap.py:smoke"
 
@@ -27,7 +29,7 @@ def _config(variant="smoke", **overrides):
             node = node[part]
         node[leaf] = value
     config.lock()
-    snap_train.validate(config)
+    validate(config)
     return config
 
 
@@ -39,10 +41,10 @@ def _leaves_equal(a, b) -> bool:
 
 def test_traces_persist_across_online_updates_and_reset_with_the_state():
     config = _config("charlm_smoke", **{"data.seq_len": 3})  # crops of 3 predictions, SnAp-1
-    experiment = snap_train.Experiment(config)
+    experiment = SnAp(config)
     model, masks = experiment.model, experiment.masks
     base_rng = jax.random.wrap_key_data(experiment.step_rng_data)
-    step = jax.jit(functools.partial(snap_train.time_step, model))
+    step = jax.jit(functools.partial(snap_online.time_step, model))
     estimator_step = jax.vmap(model.estimator.step, in_axes=(None, None, None, 0, 0, 0, 0, 0))
 
     @jax.jit
@@ -74,7 +76,7 @@ def test_traces_persist_across_online_updates_and_reset_with_the_state():
 
 
 def _train_chunks(config, num_chunks):
-    experiment = snap_train.Experiment(config)
+    experiment = SnAp(config)
     chunk_fn = experiment.chunk_fn(int(config.train.chunk_steps))
     carry = experiment.init_carry()
     for _ in range(num_chunks):
@@ -110,10 +112,10 @@ def test_end_of_sequence_closes_the_partial_bptt_window(name):
     """Steps of (truncated) BPTT plus the end-of-sequence flush give exact BPTT gradients."""
     config = cells.CellConfig("gru", input_size=3, hidden_size=5, density=0.6)
     params, masks = cells.init_cell(config, jax.random.key(0))
-    readout = snap_train.init_readout(jax.random.key(1), 5, 2)
+    readout = snap_online.init_readout(jax.random.key(1), 5, 2)
     window = 16 if name == "bptt" else 8  # bptt: one window longer than the sequence
     estimator = estimators.make_estimator(
-        name, config, readout_loss=snap_train.readout_loss, truncation=window
+        name, config, readout_loss=snap_online.readout_loss, truncation=window
     )
     estimator_step = jax.jit(estimator.step)
     steps = 11  # one full window of 8, then 3 steps left open at the end of the sequence
@@ -138,7 +140,7 @@ def test_end_of_sequence_closes_the_partial_bptt_window(name):
             cells.initial_state(config),
             xs,
             ys,
-            snap_train.readout_loss,
+            snap_online.readout_loss,
         )
     else:  # two windows: BPTT of the first 8 steps plus BPTT of the last 3 from the carried state
         (cell_a, ro_a), _ = estimators.bptt_gradients(
@@ -149,7 +151,7 @@ def test_end_of_sequence_closes_the_partial_bptt_window(name):
             cells.initial_state(config),
             xs[:8],
             (ys[0][:8], ys[1][:8]),
-            snap_train.readout_loss,
+            snap_online.readout_loss,
         )
         state8 = jax.lax.scan(
             lambda s, x: (cells.cell_step(config, params, masks, s, x),) * 2,
@@ -164,7 +166,7 @@ def test_end_of_sequence_closes_the_partial_bptt_window(name):
             state8,
             xs[8:],
             (ys[0][8:], ys[1][8:]),
-            snap_train.readout_loss,
+            snap_online.readout_loss,
         )
         want_cell = jax.tree.map(jnp.add, cell_a, cell_b)
         want_readout = jax.tree.map(jnp.add, ro_a, ro_b)
@@ -177,11 +179,14 @@ def test_end_of_sequence_closes_the_partial_bptt_window(name):
 
 
 def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
-    experiment = snap_train.Experiment(_config())  # one compilation for the three runs
-    whole = snap_train.train(_config(), str(tmp_path / "whole"), experiment=experiment)
+    def train(config, workdir):
+        assert runner.run(SnAp, config, str(workdir), mode="train") == 0
+        return SnAp(config, mode="eval").restore(str(workdir))
+
+    whole = train(_config(), tmp_path / "whole")
     half = _config(**{"train.num_steps": 32})  # stops half way, as an interrupted run would
-    snap_train.train(half, str(tmp_path / "split"), experiment=experiment)
-    resumed = snap_train.train(_config(), str(tmp_path / "split"), experiment=experiment)
+    train(half, tmp_path / "split")
+    resumed = train(_config(), tmp_path / "split")
     assert int(resumed.step) == int(whole.step) == 64
     assert _leaves_equal(resumed, whole)
     train_bits = lambda d: [

@@ -1,4 +1,4 @@
-"""BFN on discrete data (binarized MNIST, text8): state, train and eval steps, and the modes.
+"""BFN on binarized MNIST, text8 and CIFAR-10: state, train step, evaluation and sampling.
 
 Training minimises the continuous-time loss L^inf (BFN paper, Sec. 6), as the official code
 does; evaluation reports the NLL bound L + L^r in the paper's unit (nats per image, bits per
@@ -8,7 +8,6 @@ between datasets lives in experiments/bfn/families.py.
 """
 
 import functools
-import json
 import logging
 import math
 import os
@@ -22,15 +21,18 @@ import optax
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
+from deepgen.bfn.flows import make_flow
 from deepgen.bfn.model import count_params
-from deepgen.core import distributed, metrics, plots, train_loop
+from deepgen.core import distributed, metrics, plots
 from deepgen.core import mesh as mesh_lib
-from deepgen.core.errors import ConfigError, UserError
-from deepgen.core.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from deepgen.core.errors import ConfigError
+from deepgen.core.optim import make_optimizer
+from deepgen.core.train_loop import Unit
 from deepgen.core.train_state import TrainState, ema_decay, ema_update
+from deepgen.core.validate import Checker
 from deepgen.data import mnist
 from experiments.bfn.families import DTYPES, family_for
-from experiments.bfn.flows import make_flow
+from experiments.contract import Method
 
 log = logging.getLogger(__name__)
 
@@ -39,38 +41,25 @@ SAMPLE_SOLVERS = ("bfn", "sde1", "sde2", "ode1", "ode2")
 
 def validate(config: ConfigDict) -> None:
     """Check values the config types cannot: one ConfigError naming the field and what is allowed."""
-
-    def require(ok: bool, field: str, allowed: str) -> None:
-        if not ok:
-            value = config
-            for part in field.split("."):
-                value = value[part]
-            raise ConfigError(f"config.{field}={value!r} is not allowed: {allowed}")
-
+    check = Checker(config)
     family = family_for(config)
     family.validate(config)
-    require(config.model.dtype in DTYPES, "model.dtype", f"one of {tuple(DTYPES)}")
-    require(0 <= config.model.dropout < 1, "model.dropout", "in [0, 1)")
-    require(config.train.num_steps > 0, "train.num_steps", "a positive integer")
-    require(config.train.batch_size > 0, "train.batch_size", "a positive integer")
-    require(config.train.log_every > 0, "train.log_every", "a positive integer")
-    require(config.opt.name in OPTIMIZERS, "opt.name", f"one of {OPTIMIZERS}")
-    require(config.opt.schedule in SCHEDULES, "opt.schedule", f"one of {SCHEDULES}")
-    require(config.opt.lr > 0, "opt.lr", "a positive number")
-    require(0 <= config.ema.decay < 1, "ema.decay", "in [0, 1)")
-    require(config.ckpt.keep > 0, "ckpt.keep", "a positive integer")
-    require(
+    check.common()
+    check.optimiser()
+    check.one_of("model.dtype", tuple(DTYPES))
+    check.in_unit_interval("model.dropout")
+    check.in_unit_interval("ema.decay")
+    check(
         all(int(n) >= 0 for n in config.eval.n_steps), "eval.n_steps", "integers >= 0 (0 = L^inf)"
     )
-    require(config.eval.repeats > 0, "eval.repeats", "a positive integer")
-    require(config.eval.split in mnist.SPLITS, "eval.split", f"one of {mnist.SPLITS}")
-    require(config.sample.n_steps > 0, "sample.n_steps", "a positive integer")
-    require(config.sample.num_images > 0, "sample.num_images", "a positive integer")
-    require(
-        config.sample.get("solver", "bfn") in SAMPLE_SOLVERS,
+    check.positive("eval.repeats", "sample.n_steps", "sample.num_images")
+    check.one_of("eval.split", mnist.SPLITS)
+    check.one_of(
         "sample.solver",
-        f"one of {SAMPLE_SOLVERS} (bfn: the paper's sampler; the rest: BFN-Solver)",
+        SAMPLE_SOLVERS,
+        " (bfn: the paper's sampler; the rest: BFN-Solver)",
     )
+    _check_divisible(int(config.train.batch_size), "train.batch_size")
 
 
 def _check_divisible(value: int, field: str) -> None:
@@ -150,15 +139,24 @@ def train_step(
     }
 
 
-class Experiment:
-    """The family, model, optimiser and jitted functions of one config on one mesh."""
+class BFN(Method):
+    """Bayesian Flow Networks: the family of the data, model, flow and optimiser of one config.
 
-    def __init__(self, config: ConfigDict):
-        self.config = config
+    One unit of progress is one optimiser step on train.batch_size examples.
+    """
+
+    name = "bfn"
+
+    @classmethod
+    def validate(cls, config: ConfigDict) -> None:
+        """See the module-level validate."""
+        validate(config)
+
+    def __init__(self, config: ConfigDict, *, mode: str = "train"):
+        super().__init__(config, mode=mode)
         self.family = family_for(config)
         self.variable_shape = self.family.variable_shape
         self.num_classes = self.family.num_classes
-        self.mesh = mesh_lib.make_mesh(config.mesh)
         self.model = self.family.make_model()
         self.optimizer = make_optimizer(config.opt, int(config.train.num_steps))
         self.flow = make_flow(self.family, functools.partial(network_apply, self.model), config)
@@ -182,25 +180,20 @@ class Experiment:
         """Parameter count, computed without allocating."""
         return count_params(jax.eval_shape(self.init_state, jax.random.key(0)).params)
 
-    def restore(self, workdir: str) -> TrainState:
-        """The latest checkpoint of a workdir written by --mode=train."""
-        ckpt_dir = os.path.join(workdir, "checkpoints")
-        missing = f"no checkpoints in {ckpt_dir}: run --mode=train with this workdir first"
-        if not os.path.isdir(ckpt_dir):
-            raise UserError(missing)
-        state, _, checkpointer, data_state = train_loop.build_state(
-            self.config, workdir, self.init_state, self.mesh
-        )
-        checkpointer.close()
-        if not data_state:
-            raise UserError(missing)
-        return state
-
     def eval_params(self, state: TrainState) -> Any:
         """EMA parameters (as the paper evaluates) unless config.eval.use_ema is False."""
         return state.ema_params if self.config.eval.use_ema else state.params
 
-    def evaluate(self, params: Any, data: Any, *, repeats: int, n_steps: tuple[int, ...]) -> dict:
+    def nll_bounds(
+        self,
+        params: Any,
+        data: Any,
+        *,
+        repeats: int,
+        n_steps: tuple[int, ...],
+        progress: Any = None,
+        max_examples: int = 0,
+    ) -> dict:
         """NLL bounds in the family's unit over `repeats` passes, with standard errors."""
         config = self.config
         batch_size = _round_up_to_devices(int(config.eval.batch_size))  # the tail is masked
@@ -217,9 +210,14 @@ class Experiment:
         base_rng = jax.random.fold_in(jax.random.key(config.seed), 2)
         per_repeat: dict[str, list[float]] = {}
         num = 0
+        tracker = None
         for repeat in range(repeats):
             examples = self.family.eval_examples(data, repeat)
+            if max_examples:
+                examples = examples[:max_examples]
             num = len(examples)
+            if tracker is None and progress is not None:
+                tracker = progress("eval", repeats * -(-num // batch_size))
             sums: dict[str, float] = {}
             for b in range(-(-num // batch_size)):
                 chunk = examples[b * batch_size : (b + 1) * batch_size]
@@ -229,6 +227,8 @@ class Experiment:
                 global_x = distributed.global_batch(padded[rows], batch_sharding)
                 rng = jax.random.fold_in(jax.random.fold_in(base_rng, repeat), b)
                 terms = jax.device_get(terms_fn(params, global_x, rng))
+                if tracker is not None:
+                    tracker.advance()
                 for name, values in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(
                         np.sum(np.asarray(values)[:valid], dtype=np.float64)
@@ -242,7 +242,7 @@ class Experiment:
             nll = np.asarray(losses) + recon
             results.append(
                 {
-                    "n_steps": "inf" if name == "inf" else int(name),
+                    "n_steps": 0 if name == "inf" else int(name),
                     metric: float(nll.mean()),
                     "stderr": _stderr(nll),
                     "loss": float(np.mean(losses)),
@@ -250,10 +250,10 @@ class Experiment:
                     "unit": self.family.unit,
                 }
             )
-        results.sort(key=lambda r: -1 if r["n_steps"] == "inf" else r["n_steps"])
+        results.sort(key=lambda r: r["n_steps"])
         return {"results": results, "repeats": repeats, "num_examples": num}
 
-    def sample(
+    def draw(
         self,
         params: Any,
         *,
@@ -298,142 +298,145 @@ class Experiment:
             probs = multihost_utils.process_allgather(probs, tiled=True)
         return np.asarray(samples)[:num_samples], np.asarray(probs)[:num_samples]
 
+    # ---- the contract ------------------------------------------------------------------------
 
-def _stderr(values: np.ndarray) -> float | None:
-    if len(values) < 2:
-        return None
-    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+    def unit(self) -> Unit:
+        """One optimiser step on train.batch_size examples."""
+        return Unit("steps", 1, int(self.config.train.batch_size))
 
+    def _train_data(self) -> Any:
+        if not hasattr(self, "_train_split"):
+            self._train_split = self.family.load("train")
+            if self.mode == "train" and self.config.train.batch_size > self.family.num_examples(
+                self._train_split
+            ):
+                raise ConfigError(
+                    f"config.train.batch_size={self.config.train.batch_size} exceeds the "
+                    f"{self.family.num_examples(self._train_split)} training examples of "
+                    f"{self.family.describe(self._train_split)}"
+                )
+        return self._train_split
 
-def _write_config(config: ConfigDict, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    def batches(self):
+        """Shuffled epochs of the training split; the position is checkpointed."""
+        return self.family.train_batches(self._train_data())
 
+    def describe(self) -> list[str]:
+        """The data and the model size."""
+        return [
+            f"training data: {self.family.describe(self._train_data())}",
+            f"model: {self.num_params():,} parameters on {jax.device_count()} devices, "
+            f"mesh {dict(self.mesh.shape)}",
+        ]
 
-def run(config: ConfigDict, workdir: str, *, mode: str) -> int:
-    """Train, evaluate or sample; every user-fixable problem is raised before workdir is touched."""
-    _check_divisible(int(config.train.batch_size), "train.batch_size")
-    if mode == "train":
-        return _run_train(config, workdir)
-    if mode == "eval":
-        return _run_eval(config, workdir)
-    return _run_sample(config, workdir)
-
-
-def _run_train(config: ConfigDict, workdir: str) -> int:
-    experiment = Experiment(config)
-    family = experiment.family
-    train_data = family.load("train")
-    validation_data = family.load("validation") if config.train.eval_every else None
-    if config.train.batch_size > family.num_examples(train_data):
-        raise ConfigError(
-            f"config.train.batch_size={config.train.batch_size} exceeds the "
-            f"{family.num_examples(train_data)} training examples of {family.describe(train_data)}"
-        )
-    batches = family.train_batches(train_data)
-    _write_config(config, workdir)
-    log.info("training data: %s", family.describe(train_data))
-    log.info(
-        "model: %s parameters on %d devices, mesh %s",
-        f"{experiment.num_params():,}",
-        jax.device_count(),
-        dict(experiment.mesh.shape),
-    )
-
-    eval_fn = None
-    if validation_data is not None:
+    def loop_options(self) -> dict[str, Any]:
+        """Validation NLL (L^inf + L^r) every train.eval_every steps when it is set."""
+        config, family = self.config, self.family
+        if not config.train.eval_every:
+            return {}
+        validation_data = family.load("validation")
 
         def eval_fn(state: TrainState) -> dict:
-            report = experiment.evaluate(
-                experiment.eval_params(state),
+            report = self.nll_bounds(
+                self.eval_params(state),
                 validation_data,
                 repeats=int(config.eval.validation_repeats),
                 n_steps=(0,),
             )
             return {family.metric: report["results"][0][family.metric]}
 
-    try:
-        train_loop.train(
-            config,
-            workdir,
-            init_state=experiment.init_state,
-            train_step=experiment.train_step,
-            batches=batches,
-            mesh=experiment.mesh,
-            eval_fn=eval_fn,
-        )
-    except train_loop.TrainingInterrupted as stop:
-        print(
-            f"interrupted at step {stop.step}: checkpoint saved in {workdir}/checkpoints; "
-            "run the same command to resume",
-            flush=True,
-        )
-        return 128 + int(stop.signum)
-    except train_loop.NonFiniteLossError as error:
-        print(f"error: {error}", flush=True)
-        return 1
-    if jax.process_index() == 0:
+        return {"eval_fn": eval_fn}
+
+    def after_train(self, workdir: str) -> dict[str, str]:
+        """The training loss curve."""
         curve = plots.save_loss_curve(
             metrics.read_metrics(workdir),
             os.path.join(workdir, "samples", "loss_curve.png"),
             metric="loss",
             title="BFN L^inf (nats per variable)",
         )
-        print(
-            f"training done: checkpoints in {workdir}/checkpoints, metrics in "
-            f"{workdir}/metrics.jsonl, loss curve {curve}",
-            flush=True,
+        return {"loss curve": curve}
+
+    def eval_tag(self) -> str:
+        """The split and the data source, e.g. test_idx."""
+        return f"{self.config.eval.split}_{self.config.data.source}"
+
+    def evaluate(self, state: TrainState, *, step: int, quick: bool, progress: Any) -> dict:
+        """The NLL bound in the paper's unit for continuous time and each eval.n_steps.
+
+        quick: one repeat, continuous time only, at most 8 eval batches of examples.
+        """
+        config, family = self.config, self.family
+        split = config.eval.split
+        eval_data = family.load(split)
+        n_steps = (0,) if quick else tuple(int(n) for n in config.eval.n_steps)
+        if 0 not in n_steps:
+            n_steps = (0, *n_steps)
+        repeats = 1 if quick else int(config.eval.repeats)
+        max_examples = 8 * int(config.eval.batch_size) if quick else 0
+        report = self.nll_bounds(
+            self.eval_params(state),
+            eval_data,
+            repeats=repeats,
+            n_steps=n_steps,
+            progress=progress,
+            max_examples=max_examples,
         )
-    return 0
+        continuous = next(r for r in report["results"] if r["n_steps"] == 0)
+        baseline_name, baseline = family.baseline(self._train_data(), eval_data)
+        metric = family.metric
+        return {
+            metric: continuous[metric],
+            f"{metric}_stderr": continuous["stderr"],
+            "unit": family.unit,
+            "bound": "continuous-time L^inf + reconstruction L^r (n_steps 0)",
+            "num_examples": report["num_examples"],
+            family.count_name: report["num_examples"],
+            "split": split,
+            "data_source": family.describe(eval_data),
+            "repeats": report["repeats"],
+            "params": "ema" if config.eval.use_ema else "raw",
+            "baseline": {"name": baseline_name, metric: baseline},
+            "results": report["results"],
+        }
+
+    def format_eval(self, summary: Mapping[str, Any]) -> str:
+        """A table of the bound for each number of steps, and the baseline."""
+        return _table(summary, self.family.metric)
+
+    def sample(self, state: TrainState, out_dir: str, *, step: int, progress: Any) -> dict:
+        """sample.num_images samples in sample.n_steps steps, named by step, solver, conditioning."""
+        config = self.config
+        n = int(config.sample.n_steps)
+        rng = jax.random.fold_in(jax.random.key(config.seed), 4)
+        num_samples = int(config.sample.num_images)
+        known = self.family.known_positions(num_samples)
+        solver = config.sample.get("solver", "bfn")
+        tracker = progress("sample", 1, unit="sampling runs")
+        samples, probs = self.draw(
+            self.eval_params(state),
+            num_samples=num_samples,
+            n_steps=n,
+            rng=rng,
+            known=known,
+            solver=solver,
+        )
+        tracker.advance()
+        stem = f"step{step}_n{n}" + ("" if solver == "bfn" else f"_{solver}")
+        if config.sample.get("inpaint", ""):
+            stem += f"_inpaint_{config.sample.inpaint}"
+        if config.sample.get("prompt", ""):
+            stem += "_prompted"
+        if jax.process_index() != 0:
+            return {}
+        written = self.family.write_samples(samples, probs, out_dir, stem)
+        return {f"{what} ({n} steps)": path for what, path in written.items()}
 
 
-def _run_eval(config: ConfigDict, workdir: str) -> int:
-    experiment = Experiment(config)
-    family = experiment.family
-    split = config.eval.split
-    eval_data = family.load(split)
-    train_data = family.load("train")
-    state = experiment.restore(workdir)
-    step = int(jax.device_get(state.step))
-    n_steps = tuple(int(n) for n in config.eval.n_steps)
-    if 0 not in n_steps:
-        n_steps = (0, *n_steps)
-    report = experiment.evaluate(
-        experiment.eval_params(state), eval_data, repeats=int(config.eval.repeats), n_steps=n_steps
-    )
-    continuous = next(r for r in report["results"] if r["n_steps"] == "inf")
-    baseline_name, baseline = family.baseline(train_data, eval_data)
-    metric = family.metric
-    summary = {
-        metric: continuous[metric],
-        f"{metric}_stderr": continuous["stderr"],
-        "unit": family.unit,
-        "bound": "continuous-time L^inf + reconstruction L^r",
-        "num_examples": report["num_examples"],
-        family.count_name: report["num_examples"],
-        "split": split,
-        "data_source": family.describe(eval_data),
-        "repeats": report["repeats"],
-        "step": step,
-        "params": "ema" if config.eval.use_ema else "raw",
-        "baseline": {"name": baseline_name, metric: baseline},
-        "results": report["results"],
-    }
-    if jax.process_index() == 0:
-        path = os.path.join(workdir, "eval.json")
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2)
-        with metrics.MetricWriter(workdir, enabled=True) as writer:
-            writer.write(
-                step,
-                {f"{metric}_n{r['n_steps']}": r[metric] for r in report["results"]},
-                split=split,
-            )
-        print(_table(summary, metric), flush=True)
-        print(f"eval written to {path}", flush=True)
-    return 0
+def _stderr(values: np.ndarray) -> float | None:
+    if len(values) < 2:
+        return None
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 def _table(summary: Mapping[str, Any], metric: str) -> str:
@@ -455,27 +458,4 @@ def _table(summary: Mapping[str, Any], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _run_sample(config: ConfigDict, workdir: str) -> int:
-    experiment = Experiment(config)
-    state = experiment.restore(workdir)
-    step = int(jax.device_get(state.step))
-    n = int(config.sample.n_steps)
-    rng = jax.random.fold_in(jax.random.key(config.seed), 4)
-    num_samples = int(config.sample.num_images)
-    known = experiment.family.known_positions(num_samples)
-    solver = config.sample.get("solver", "bfn")
-    samples, probs = experiment.sample(
-        experiment.eval_params(state),
-        num_samples=num_samples,
-        n_steps=n,
-        rng=rng,
-        known=known,
-        solver=solver,
-    )
-    if jax.process_index() == 0:
-        written = experiment.family.write_samples(
-            samples, probs, os.path.join(workdir, "samples"), step, n
-        )
-        for what, path in written.items():
-            print(f"{what} ({n} steps): {path}", flush=True)
-    return 0
+METHOD = BFN

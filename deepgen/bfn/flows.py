@@ -8,7 +8,7 @@ network and says, for one data type:
   train_loss(...)           L^inf per example in nats, for one draw of t and of the flow
   nll_terms(...)            per-example nats of L^inf (key "inf"), L^n for each n, and L^r ("recon")
   sample(...)               n steps of the sampler as one lax.scan with a t = 1 readout
-The training step, evaluation protocol and modes in experiments/bfn/train.py are shared by all.
+The training step, evaluation protocol and modes in experiments/bfn/method.py are shared by all.
 """
 
 from collections.abc import Callable
