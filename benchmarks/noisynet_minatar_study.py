@@ -67,7 +67,7 @@ def study_config(agent: str, game: str, noisy: bool, args: argparse.Namespace):
     unit = config.env.num_envs * (config.agent.rollout_len if agent == "a2c" else 1)
     chunk = max(unit, round(total / args.chunks / unit) * unit)
     config.train.steps_per_chunk = chunk
-    config.train.total_env_steps = chunk * args.chunks
+    config.train.num_steps = chunk * args.chunks
     config.train.num_seeds = args.seeds
     if agent != "a2c":
         # The MinAtar variants' schedules assume millions of steps; scale them to this budget:

@@ -21,9 +21,14 @@ Variants:
   smoke_dqn, smoke_dueling, smoke_a2c, smoke_atari, atari_a2c_smoke
                                                tiny, for tests.
 Units: env steps are agent steps (one action; for Atari 4 frames with frame skip 4);
-agent.target_update_period counts optimisation steps; ckpt.every and train.log_every count chunks.
+train.num_steps, train.steps_per_chunk, train.log_every and ckpt.every count env steps per seed
+(the last three in whole chunks: one train step of the loop is one chunk);
+agent.target_update_period counts optimisation steps. mesh.data=-1 spreads the vmapped seeds
+over as many devices as divide train.num_seeds.
 agent.sigma0 = 0 means the paper's value for the noise type (0.5 factorised, 0.017 independent).
 """
+
+from collections.abc import Callable
 
 from ml_collections import ConfigDict
 
@@ -39,10 +44,7 @@ MINATAR_GAMES = {
 
 def _base(agent: str) -> ConfigDict:
     config = common.base_config("noisynet")
-    for unused in ("data", "ema", "mesh", "fsdp_min_size"):
-        del config[unused]
-    for unused in ("num_steps", "batch_size", "eval_every"):
-        del config.train[unused]
+    del config.fsdp_min_size  # the state is split by seed, never FSDP
 
     config.env = ConfigDict()
     config.env.name = "CartPole-v1"
@@ -90,7 +92,7 @@ def _base(agent: str) -> ConfigDict:
     config.network.noisy_torso = True
 
     config.train.num_seeds = 1
-    config.train.total_env_steps = 100_000
+    config.train.num_steps = 100_000
     config.train.steps_per_chunk = 5_000
     config.train.log_every = 1
 
@@ -131,7 +133,7 @@ def _cartpole_value(agent: str, noisy: bool) -> ConfigDict:
     config.network.head_hidden = 128
     config.opt.lr = 5e-4
     config.opt.schedule = "warmup_cosine"
-    config.train.total_env_steps = 500_000
+    config.train.num_steps = 500_000
     config.train.steps_per_chunk = 10_000
     return config
 
@@ -150,7 +152,7 @@ def _cartpole_fast(noisy: bool) -> ConfigDict:
     config.agent.batch_size = 128
     config.network.torso_hidden = (64,)
     config.network.head_hidden = 64
-    config.train.total_env_steps = 2_000_000
+    config.train.num_steps = 2_000_000
     config.train.steps_per_chunk = 40_000
     return config
 
@@ -164,7 +166,7 @@ def _a2c_cartpole(noisy: bool) -> ConfigDict:
     config.opt.lr = 7e-4
     config.opt.eps = 1e-5
     config.opt.clip_norm = 0.5
-    config.train.total_env_steps = 500_000
+    config.train.num_steps = 500_000
     config.train.steps_per_chunk = 16 * 20 * 32
     return config
 
@@ -193,7 +195,7 @@ def _minatar(agent: str, game: str) -> ConfigDict:
         config.replay.capacity = 100_000
         config.opt.lr = 2.5e-4
         config.train.steps_per_chunk = 20_000
-    config.train.total_env_steps = 1_000_000
+    config.train.num_steps = 1_000_000
     config.ckpt.every = 5
     return config
 
@@ -208,7 +210,7 @@ def _atari(agent: str) -> ConfigDict:
     config.network.torso = "nature"
     config.network.torso_hidden = ()
     config.network.head_hidden = 512
-    config.train.total_env_steps = 50_000_000  # 200M frames
+    config.train.num_steps = 50_000_000  # 200M frames
     config.train.steps_per_chunk = 250_000  # 1M frames per logged chunk
     config.eval.num_episodes = 30
     config.opt.name = "rmsprop"
@@ -271,7 +273,7 @@ def _smoke(agent: str) -> ConfigDict:
     config.agent.rollout_len = 8
     config.replay.capacity = 1_000
     config.train.num_seeds = 2
-    config.train.total_env_steps = 1_024
+    config.train.num_steps = 1_024
     config.train.steps_per_chunk = 256
     config.eval.num_episodes = 4
     config.ckpt.every = 2
@@ -287,7 +289,7 @@ def _smoke_atari() -> ConfigDict:
     config.replay.capacity = 2_000
     config.env.max_episode_frames = 400
     config.train.num_seeds = 1
-    config.train.total_env_steps = 256
+    config.train.num_steps = 256
     config.train.steps_per_chunk = 128
     config.eval.num_episodes = 1
     config.ckpt.every = 1
@@ -300,7 +302,7 @@ def _atari_a2c_smoke() -> ConfigDict:
     config.env.num_envs = 2
     config.env.max_episode_frames = 120  # each env ends (is cut) one episode while training
     config.network.head_hidden = 32
-    config.train.total_env_steps = 80  # 320 frames
+    config.train.num_steps = 80  # 320 frames
     config.train.steps_per_chunk = 40  # 4 updates of 2 envs x 5 steps
     config.eval.num_episodes = 2
     config.ckpt.every = 1
@@ -330,6 +332,21 @@ VARIANTS = {
     "smoke_a2c": lambda: _smoke("a2c"),
     "smoke_atari": _smoke_atari,
 }
+
+
+def _chunks_to_env_steps(make: Callable[[], ConfigDict]) -> Callable[[], ConfigDict]:
+    """The variants above give train.log_every and ckpt.every in chunks; the loop counts env steps."""
+
+    def variant() -> ConfigDict:
+        config = make()
+        config.train.log_every *= config.train.steps_per_chunk
+        config.ckpt.every *= config.train.steps_per_chunk
+        return config
+
+    return variant
+
+
+VARIANTS = {name: _chunks_to_env_steps(make) for name, make in VARIANTS.items()}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

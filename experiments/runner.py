@@ -14,9 +14,11 @@ It owns what every method shares, so that every method behaves the same:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -92,6 +94,13 @@ def _write_json(path: str, value: Any) -> None:
         json.dump(value, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def source_slug(data_source: str) -> str:
+    """A short file-name-safe name of a data source: its first words and a hash of the whole."""
+    words = re.sub(r"[^a-z0-9]+", "-", data_source.lower()).strip("-")
+    digest = hashlib.sha1(data_source.encode()).hexdigest()[:6]
+    return f"{words[:20].rstrip('-')}-{digest}" if words else digest
 
 
 def check_units(config: ConfigDict, unit: train_loop.Unit) -> None:
@@ -198,7 +207,8 @@ def _eval(
     unit = method.unit()
     state, at = _restore(method, config, workdir, step)
     report = method.evaluate(state, step=at, quick=quick, progress=metrics.TaskProgress)
-    tag = method.eval_tag() + ("_quick" if quick else "")
+    tag = f"{method.eval_tag()}_{source_slug(str(report.get('data_source', '')))}"
+    tag += "_quick" if quick else ""
     changes = config_changes(config, workdir)
     summary = {
         **report,

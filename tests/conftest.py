@@ -1,15 +1,25 @@
-"""Test set-up: 8 fake CPU devices, set before JAX starts, and shared helpers."""
+"""Test set-up: 8 fake CPU devices, set before JAX starts, and shared helpers.
+
+Compiled programs go to a persistent cache inside the checkout (.jax_cache, git-ignored), shared
+by the pytest workers and the subprocesses the tests start, so that a program compiled by one
+test (a smoke model's train step, say) is loaded, not recompiled, by the next. A fresh clone
+starts with an empty cache.
+"""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["JAX_NUM_CPU_DEVICES"] = "8"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".jax_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -6,8 +6,10 @@ Hogwild updates from many actor-learner threads have no place in a jitted progra
 rollout of `rollout_len` steps. Kept from A3C: n-step bootstrapped returns
 R_t = r_t + gamma R_{t+1} (bootstrapped with V at the rollout's end), the advantage R_t - V(s_t),
 the policy-gradient and value losses, the entropy bonus and global gradient-norm clipping.
-A3C used shared RMSProp: the gymnax configs use Adam, the Atari variant (atari_a2c_loop.py) A3C's
-RMSProp (config.opt, with opt.clip_norm as the gradient clipping).
+A3C used shared RMSProp: the gymnax configs use Adam, the Atari variant A3C's RMSProp (config.opt,
+with opt.clip_norm as the gradient clipping). `make_atari_a2c` is the learner of the Atari host
+loop (experiments/noisynet/atari_a2c.py): the same losses on uint8 frame stacks stepped by real
+emulators on the host.
 
 NoisyNet-A2C (Fortunato et al. 2018, arXiv:1706.10295, Sec. 3.1, NoisyNet-A3C): the dense layers
 of deepgen.noisynet.networks.ActorCritic are noisy (independent Gaussian noise in the paper's A3C
@@ -32,8 +34,8 @@ from ml_collections import ConfigDict
 
 from deepgen.core.errors import ConfigError
 from deepgen.core.optim import make_optimizer
-from deepgen.noisynet.networks import make_actor_critic, network_noise_size
-from deepgen.noisynet.trainer import Trainer, evaluate_policy, vmapped_reset, vmapped_step
+from deepgen.noisynet.networks import ActorCritic, make_actor_critic, network_noise_size
+from deepgen.noisynet.rollout import Trainer, evaluate_policy, vmapped_reset, vmapped_step
 
 # (params, obs_BxO, noise: a pre-drawn N(0, 1) sample or None) -> (logits_BxA, value_B)
 PolicyFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -69,6 +71,12 @@ class A2CState(NamedTuple):
     noise_key: jax.Array  # the noise sample of the latest rollout
     env_steps: jax.Array
     updates: jax.Array
+
+
+def num_updates(config: ConfigDict) -> int:
+    """Optimisation steps in the whole run: one per rollout of num_envs x rollout_len env steps."""
+    per_update = int(config.env.num_envs) * int(config.agent.rollout_len)
+    return max(1, math.ceil(int(config.train.num_steps) / per_update))
 
 
 def nstep_returns(
@@ -234,7 +242,7 @@ def make_a2c_trainer(
             f"env.num_envs * agent.rollout_len = {steps_per_update}"
         )
     updates_per_chunk = steps_per_chunk // steps_per_update
-    total_updates = max(1, math.ceil(int(config.train.total_env_steps) / steps_per_update))
+    total_updates = num_updates(config)
     noisy = bool(config.agent.noisy)
     noise_type = str(config.agent.noise_type)
     gamma = float(config.agent.gamma)
@@ -337,3 +345,86 @@ def make_a2c_trainer(
         return evaluate_policy(env, env_params, act, rng, num_episodes)
 
     return Trainer(init=init, train_chunk=train_chunk, evaluate=evaluate)
+
+
+class A2CLearner(NamedTuple):
+    """What the Atari A2C learner carries between rollouts (the checkpointed state)."""
+
+    params: Any
+    opt_state: Any
+    updates: jax.Array
+
+
+class AtariA2CAgent(NamedTuple):
+    """The pure pieces of one configured Atari A2C agent (see make_atari_a2c)."""
+
+    network: ActorCritic
+    optimizer: optax.GradientTransformation
+    init: Callable[[jax.Array, jax.Array], A2CLearner]
+    policy: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    act: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+    learn: Callable[[A2CLearner, Transitions, jax.Array], tuple[A2CLearner, dict]]
+    entropy_coef: float
+
+
+def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
+    """A2C, or NoisyNet-A2C when config.agent.noisy, for uint8 BxHxWxS Atari frame stacks.
+
+    The noise of a rollout comes from one key (`noise_key`), held for the whole rollout: acting,
+    the learner's loss and its bootstrap values all use it (one sample per optimisation step).
+    """
+    network = make_actor_critic(config, num_actions)
+    optimizer = make_optimizer(config.opt, num_updates(config))
+    gamma = float(config.agent.gamma)
+    value_coef = float(config.agent.value_coef)
+    entropy_coef = 0.0 if bool(config.agent.noisy) else float(config.agent.entropy_coef)
+
+    def policy(
+        params: Any, obs_BxHxWxS: jax.Array, noise_key: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(logits_BxA, value_B) with the noise sample of noise_key shared by the batch."""
+        return network.apply(params, obs_BxHxWxS, rngs={"noise": noise_key})
+
+    def init(rng: jax.Array, obs_example_1xHxWxS: jax.Array) -> A2CLearner:
+        params_key, noise_key = jax.random.split(rng)
+        params = network.init({"params": params_key, "noise": noise_key}, obs_example_1xHxWxS)
+        return A2CLearner(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+    def act(params: Any, obs_ExHxWxS: jax.Array, noise_key: jax.Array, rng: jax.Array) -> jax.Array:
+        def one_env(obs_HxWxS: jax.Array, key: jax.Array) -> jax.Array:
+            logits_1xA, _ = policy(params, obs_HxWxS[None], noise_key)
+            return jax.random.categorical(key, logits_1xA[0])
+
+        keys_E = jax.random.split(rng, obs_ExHxWxS.shape[0])
+        return jax.vmap(one_env)(obs_ExHxWxS, keys_E).astype(jnp.int32)
+
+    def loss_fn(params: Any, batch: Transitions, return_TxE: jax.Array, noise_key: jax.Array):
+        obs_NxHxWxS = batch.obs_TxExO.reshape((-1, *batch.obs_TxExO.shape[2:]))
+        logits_NxA, value_N = policy(params, obs_NxHxWxS, noise_key)
+        loss, aux = a2c_loss(
+            logits_NxA=logits_NxA,
+            value_N=value_N,
+            action_N=batch.action_TxE.reshape(-1),
+            return_N=return_TxE.reshape(-1),
+            value_coef=value_coef,
+            entropy_coef=entropy_coef,
+        )
+        return loss, {**aux, "value_mean": jnp.mean(value_N)}
+
+    def learn(
+        learner: A2CLearner, batch: Transitions, noise_key: jax.Array
+    ) -> tuple[A2CLearner, dict]:
+        params, opt_state, grads, aux, return_TxE = a2c_step(
+            learner.params,
+            learner.opt_state,
+            batch,
+            noise_key,
+            policy=policy,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            gamma=gamma,
+        )
+        aux = {**aux, "grad_norm": optax.tree.norm(grads), "return_mean": jnp.mean(return_TxE)}
+        return A2CLearner(params, opt_state, learner.updates + 1), aux
+
+    return AtariA2CAgent(network, optimizer, init, policy, act, learn, entropy_coef)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from deepgen.core.errors import ConfigError
+from deepgen.core.validate import Checker
 
 FRAME_SKIP = 4
 FRAME_SIZE = 84
@@ -302,6 +303,45 @@ class AtariVecEnv:
             env.set_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
 
+class EnvStep(NamedTuple):
+    """One agent step of every env, keeping an ended episode's true last observation."""
+
+    obs_ExHxWxS: np.ndarray  # after the step: a new episode's first observation where one ended
+    next_obs_ExHxWxS: np.ndarray  # the true next observation (an ended episode's last one)
+    reward_E: np.ndarray  # raw score change
+    terminal_E: np.ndarray  # game over, or a life lost with terminal_on_life_loss
+    truncated_E: np.ndarray  # cut at max_episode_frames without game over
+    ended_E: np.ndarray  # game over or truncated
+    episode_return_E: np.ndarray  # raw return of the episode that ended here, else 0
+
+
+def step_envs(envs: AtariVecEnv, actions_E: np.ndarray) -> EnvStep:
+    """Step each env with its action; keep an ended episode's last observation, then reset it.
+
+    (AtariVecEnv.step drops that last observation; an actor-critic bootstraps a cut episode
+    from it.)
+    """
+    num_envs = envs.num_envs
+    obs, next_obs = [], []
+    reward = np.zeros(num_envs, np.float32)
+    terminal = np.zeros(num_envs, bool)
+    truncated = np.zeros(num_envs, bool)
+    ended = np.zeros(num_envs, bool)
+    episode_return = np.zeros(num_envs, np.float32)
+    for i, env in enumerate(envs.envs):
+        result = env.step(int(actions_E[i]))
+        next_obs.append(result.obs)
+        reward[i], terminal[i], truncated[i] = result.reward, result.terminal, result.truncated
+        if result.game_over or result.truncated:
+            ended[i], episode_return[i] = True, env.episode_return
+            obs.append(env.reset())
+        else:
+            obs.append(result.obs)
+    return EnvStep(
+        np.stack(obs), np.stack(next_obs), reward, terminal, truncated, ended, episode_return
+    )
+
+
 class FrameBatch(NamedTuple):
     """A sampled minibatch: stacked frames rebuilt from single stored frames."""
 
@@ -463,89 +503,39 @@ def env_options(config: Any) -> dict[str, Any]:
 
 
 def validate_atari(config: Any) -> None:
-    """ConfigErrors for the Atari-specific fields, raised before anything is written."""
+    """ConfigErrors for the ALE environment fields and what every Atari host loop needs.
+
+    The loops' own fields (replay, rollouts, chunks) are checked by their Method classes in
+    experiments/noisynet/atari_dqn.py and atari_a2c.py.
+    """
     try:
         _ale_module()
     except ImportError as error:
         raise ConfigError(f"config.env.name={config.env.name!r} needs ale-py: {error}") from None
     rom_id(config.env.name)
     options = env_options(config)
-
-    def require(ok: bool, field: str, value: Any, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"config.{field}={value!r} is not allowed: {allowed}")
-
-    require(options["frame_skip"] >= 2, "env.frame_skip", options["frame_skip"], "an integer >= 2")
+    check = Checker(config)
+    check(options["frame_skip"] >= 2, "env.frame_skip", "an integer >= 2")
     sticky = options["repeat_action_probability"]
-    require(0.0 <= sticky < 1.0, "env.sticky_action_prob", sticky, "in [0, 1) (0: the paper era)")
-    require(
+    check(0.0 <= sticky < 1.0, "env.sticky_action_prob", "in [0, 1) (0: the paper era)")
+    check(
         config.agent.name in ("dqn", "dueling", "a2c"),
         "agent.name",
-        config.agent.name,
         "'dqn', 'dueling' or 'a2c' for ALE games",
     )
-    num_seeds = int(config.train.get("num_seeds", 1))
-    require(num_seeds == 1, "train.num_seeds", num_seeds, "1 for ALE: one run per --config.seed")
-    require(options["noop_max"] >= 0, "env.noop_max", options["noop_max"], "an integer >= 0")
-    require(
-        options["frame_stack"] >= 1, "env.frame_stack", options["frame_stack"], "an integer >= 1"
+    check(
+        int(config.train.num_seeds) == 1, "train.num_seeds", "1 for ALE: one run per --config.seed"
     )
-    require(
+    check(options["noop_max"] >= 0, "env.noop_max", "an integer >= 0")
+    check(options["frame_stack"] >= 1, "env.frame_stack", "an integer >= 1")
+    check(
         options["max_episode_frames"] > options["frame_skip"] + options["noop_max"],
         "env.max_episode_frames",
-        options["max_episode_frames"],
         f"more than {options['frame_skip'] + options['noop_max']} (noop_max + one agent step)",
     )
-    num_envs = int(config.env.num_envs)
-    require(num_envs >= 1, "env.num_envs", num_envs, "an integer >= 1")
-    episodes = eval_episodes(config)
-    require(episodes > 0, "eval.num_episodes", episodes, "an integer > 0")
-    require(
-        int(config.train.total_env_steps) > 0,
-        "train.total_env_steps",
-        config.train.total_env_steps,
-        "> 0",
-    )
-    if config.agent.name == "a2c":
-        _validate_a2c(config, num_envs, require)
-        return
-    capacity = int(config.replay.capacity)
-    require(
-        capacity // num_envs > options["frame_stack"] + 1,
-        "replay.capacity",
-        capacity,
-        f"more than {(options['frame_stack'] + 1) * num_envs} frames",
-    )
-    require(int(config.agent.batch_size) > 0, "agent.batch_size", config.agent.batch_size, "> 0")
-    require(
-        int(config.agent.env_steps_per_update) > 0,
-        "agent.env_steps_per_update",
-        config.agent.env_steps_per_update,
-        "> 0",
-    )
-    require(
-        int(config.train.steps_per_chunk) >= num_envs,
-        "train.steps_per_chunk",
-        config.train.steps_per_chunk,
-        f"at least env.num_envs={num_envs} (agent steps summed over envs)",
-    )
-
-
-def _validate_a2c(config: Any, num_envs: int, require: Callable[..., None]) -> None:
-    """The A2C host loop's fields (deepgen/noisynet/atari_a2c_loop.py): whole rollouts per chunk."""
-    agent = config.agent
-    rollout_len = int(agent.rollout_len)
-    require(rollout_len >= 1, "agent.rollout_len", agent.rollout_len, "an integer >= 1")
-    per_update = num_envs * rollout_len
-    chunk = int(config.train.steps_per_chunk)
-    require(
-        chunk > 0 and chunk % per_update == 0,
-        "train.steps_per_chunk",
-        config.train.steps_per_chunk,
-        f"a positive multiple of env.num_envs * agent.rollout_len = {per_update}",
-    )
-    require(agent.value_coef >= 0, "agent.value_coef", agent.value_coef, "a number >= 0")
-    require(agent.entropy_coef >= 0, "agent.entropy_coef", agent.entropy_coef, "a number >= 0")
+    check(int(config.env.num_envs) >= 1, "env.num_envs", "an integer >= 1")
+    check(eval_episodes(config) > 0, "eval.num_episodes", "an integer > 0")
+    check(int(config.train.num_steps) > 0, "train.num_steps", "> 0")
 
 
 def eval_episodes(config: Any) -> int:
@@ -553,10 +543,3 @@ def eval_episodes(config: Any) -> int:
     if "eval" in config and "num_episodes" in config.eval:
         return int(config.eval.num_episodes)
     return int(config.train.get("eval_episodes", 30))
-
-
-def run_atari(config: Any, workdir: str, *, mode: str) -> int:
-    """Train (resuming), or evaluate, a DQN-family agent on an ALE game; see atari_loop.py."""
-    from deepgen.noisynet import atari_loop  # imported here: atari_loop imports this module
-
-    return atari_loop.run(config, workdir, mode=mode)

@@ -185,7 +185,7 @@ class DQNAgent(NamedTuple):
 
 def num_learn_steps(config: ConfigDict) -> int:
     """Optimisation steps in a whole run (for learning-rate schedules)."""
-    return max(int(config.train.total_env_steps) // int(config.agent.env_steps_per_update), 1)
+    return max(int(config.train.num_steps) // int(config.agent.env_steps_per_update), 1)
 
 
 def make_dqn_agent(config: ConfigDict, num_actions: int) -> DQNAgent:

@@ -358,8 +358,8 @@ class BFN(Method):
         return {"loss curve": curve}
 
     def eval_tag(self) -> str:
-        """The split and the data source, e.g. test_idx."""
-        return f"{self.config.eval.split}_{self.config.data.source}"
+        """The split; the runner adds the data source."""
+        return str(self.config.eval.split)
 
     def evaluate(self, state: TrainState, *, step: int, quick: bool, progress: Any) -> dict:
         """The NLL bound in the paper's unit for continuous time and each eval.n_steps.

@@ -1,7 +1,9 @@
-"""Atari (ale-py) preprocessing, frame-once replay, reference scores and the host training loop.
+"""Atari (ale-py) preprocessing, frame-once replay, reference scores and the DQN host loop.
 
 Frames come from the real emulator (Pong, Breakout ROMs shipped in the ale-py wheel). The
-preprocessing is checked against a second, bare ALEInterface stepped with the same actions.
+preprocessing is checked against a second, bare ALEInterface stepped with the same actions. The
+host loop (experiments/noisynet/atari_dqn.py) runs through the one runner: three short runs
+(straight, resumed, stopped by SIGTERM) are trained once for the module and shared by the tests.
 """
 
 import json
@@ -11,15 +13,19 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import read_jsonl
 
 from configs.noisynet import get_config
+from deepgen.core import metrics
 from deepgen.core.errors import ConfigError
 from deepgen.noisynet import atari_scores
+from experiments import main as entry
+from experiments import runner
 
 ale_py = pytest.importorskip("ale_py", reason="ale-py (Atari emulator) is not installed")
 
-from deepgen.noisynet import atari, atari_loop  # noqa: E402
+from deepgen.noisynet import atari  # noqa: E402
+from experiments.noisynet.atari import AtariDQN  # noqa: E402
 
 ALE_ERROR = ""
 try:  # ROMs ship inside the wheel; a broken install should skip, not fail, these tests
@@ -254,25 +260,35 @@ def _tiny_config(total_chunks: int):
     config.agent.target_update_period = 4
     config.replay.capacity = 200
     config.train.steps_per_chunk = 48
-    config.train.total_env_steps = 48 * total_chunks
+    config.train.num_steps = 48 * total_chunks
+    config.train.log_every = 48
     config.eval.num_episodes = 1  # the act batch of training: no second compile
-    config.ckpt.every = 1
+    config.ckpt.every = 48
     return config
 
 
+def _run(config, workdir, mode: str = "train", **kwargs) -> int:
+    """What `python -m experiments.main` does after parsing (validate, then the runner)."""
+    AtariDQN.validate(config)
+    return runner.run(AtariDQN, config, str(workdir), mode=mode, **kwargs)
+
+
 def _train_records(workdir) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == "train"]
+    return [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
 
 
-@needs_ale
-def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
-    """Two chunks straight through equal one chunk then a restart, and equal a run stopped by
-    SIGTERM in the middle of the second chunk then restarted; then eval."""
-    straight, resumed, stopped = tmp_path / "straight", tmp_path / "resumed", tmp_path / "stopped"
-    assert atari_loop.run(_tiny_config(2), str(straight), mode="train") == 0
-    assert atari_loop.run(_tiny_config(1), str(resumed), mode="train") == 0
-    assert atari_loop.run(_tiny_config(2), str(resumed), mode="train") == 0
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two chunks straight through; one chunk then a restart; a run stopped by SIGTERM in the
+    middle of the second chunk then restarted."""
+    if ALE_ERROR:
+        pytest.skip(ALE_ERROR)
+    root = tmp_path_factory.mktemp("atari_dqn")
+    straight, resumed, stopped = root / "straight", root / "resumed", root / "stopped"
+    status = {}
+    status["straight"] = _run(_tiny_config(2), straight)
+    status["resumed_first"] = _run(_tiny_config(1), resumed)
+    status["resumed"] = _run(_tiny_config(2), resumed)
 
     step_fn = atari.AtariVecEnv.step
     calls = []
@@ -283,56 +299,142 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
             signal.raise_signal(signal.SIGTERM)
         return step_fn(self, actions)
 
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(atari.AtariVecEnv, "step", step_then_sigterm)
-        assert atari_loop.run(_tiny_config(2), str(stopped), mode="train") == 128 + signal.SIGTERM
-    assert (stopped / "replay" / "host_70.npz").exists()
-    assert atari_loop.run(_tiny_config(2), str(stopped), mode="train") == 0
+        status["stopped_first"] = _run(_tiny_config(2), stopped)
+    status["stopped_host_files"] = sorted(p.name for p in (stopped / "replay").iterdir())
+    status["stopped"] = _run(_tiny_config(2), stopped)
+    return SimpleNamespace(straight=straight, resumed=resumed, stopped=stopped, status=status)
 
-    a, b, c = _train_records(straight), _train_records(resumed), _train_records(stopped)
+
+@needs_ale
+def test_resume_and_sigterm_give_the_numbers_of_an_uninterrupted_run(trained):
+    status = trained.status
+    assert status["straight"] == status["resumed_first"] == status["resumed"] == 0
+    assert status["stopped_first"] == 128 + signal.SIGTERM
+    assert "host_70.npz" in status["stopped_host_files"]  # saved where the signal arrived
+    assert status["stopped"] == 0
+    a, b, c = (_train_records(w) for w in (trained.straight, trained.resumed, trained.stopped))
     assert [r["step"] for r in a] == [r["step"] for r in b] == [r["step"] for r in c] == [48, 96]
     assert a[-1]["learn_steps"] == (96 - 24) // 4
     for key in ("loss", "q_mean", "grad_norm", "learn_steps", "replay_size", "episodes"):
         assert a[-1][key] == b[-1][key] == c[-1][key], key
-    assert sorted(p.name for p in (resumed / "replay").iterdir()) == ["host_48.npz", "host_96.npz"]
+    replay_files = sorted(p.name for p in (trained.resumed / "replay").iterdir())
+    assert replay_files == ["host_48.npz", "host_96.npz"]
+    checkpoints = sorted(int(p.name) for p in (trained.stopped / "checkpoints").iterdir())
+    assert checkpoints == [70, 96]  # numbered by env steps; ckpt.keep=2
+    assert json.loads((trained.straight / "config.json").read_text())["train"]["num_steps"] == 96
 
-    assert atari_loop.run(_tiny_config(2), str(straight), mode="eval") == 0
-    report = json.loads((straight / "eval.json").read_text())
+
+@needs_ale
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
+    step_fn = atari.AtariVecEnv.step
+    calls = []
+
+    def step_then_sigint(self, actions):
+        calls.append(1)
+        if len(calls) == 10:
+            signal.raise_signal(signal.SIGINT)
+        return step_fn(self, actions)
+
+    monkeypatch.setattr(atari.AtariVecEnv, "step", step_then_sigint)
+    assert _run(_tiny_config(1), tmp_path) == 128 + signal.SIGINT
+    assert "interrupted at env_steps 10" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+    assert (tmp_path / "replay" / "host_10.npz").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+
+
+@needs_ale
+def test_eval_reports_the_env_steps_of_the_checkpoint_not_of_the_config(trained, capsys):
+    """Trained with steps_per_chunk=48 and num_steps=96, evaluated with the variant's own
+    128 and 256: the report says 96 env steps (384 frames), in eval.json and on stdout."""
+    config = _tiny_config(2)
+    config.train.steps_per_chunk = config.train.log_every = config.ckpt.every = 128
+    config.train.num_steps = 256
+    assert _run(config, trained.straight, mode="eval") == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    report = json.loads((trained.straight / "eval.json").read_text())
     assert report["num_episodes"] == 1 and report["env_steps_trained"] == 96
-    assert report["frames_trained"] == 4 * 96
+    assert report["step"] == 96 and report["frames_trained"] == 4 * 96
+    assert "after 96 env steps (384 frames)" in line
     assert report["episodes_truncated"] == 1  # 240-frame episodes: Pong is not over by then
     assert report["protocol_matches_reference"] is False
     assert report["mean_return"] == report["returns"][0]
     assert report["human_normalized_score"] == pytest.approx(
         atari_scores.human_normalized_score("pong", report["mean_return"])
     )
+    assert report["learn_steps_trained"] == (96 - 24) // 4
+    baseline = report["baseline"]
+    assert baseline["source"].startswith("measured") and baseline["num_episodes"] == 1
+    for key in ("split", "data_source", "num_examples", "unit"):
+        assert report[key], key
+    assert {c["field"] for c in report["config_changes"]} >= {"train.num_steps"}
+    # One episode: no standard error, and the printed line says the same as eval.json.
+    assert report["mean_return_stderr"] is None and "nan" not in line
+    assert "stderr none: 1 episode" in line
+    assert (trained.straight / "evals" / "eval_fresh_episodes_step96.json").exists()
+
+    assert _run(_tiny_config(2), trained.straight, mode="eval", step=48) == 0
+    report = json.loads((trained.straight / "eval.json").read_text())
+    assert report["env_steps_trained"] == 48 and report["learn_steps_trained"] == (48 - 24) // 4
 
 
-def test_eval_summary_statistics():
-    experiment = SimpleNamespace(
-        game="pong", noisy=True, options={"frame_skip": 4, "noop_max": 30, "max_episode_frames": 9}
-    )
+@needs_ale
+def test_sample_draws_the_learning_curve(trained, capsys):
+    assert _run(_tiny_config(2), trained.straight, mode="sample") == 0
+    curve = trained.straight / "samples" / "learning_curve_step96.png"
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(curve) in capsys.readouterr().out
+
+
+def _summary(config, returns: np.ndarray, *, step: int = 10) -> dict:
+    """AtariDQN.evaluate with the episodes' returns given (the emulators are not stepped)."""
+    method = AtariDQN(config, mode="eval")
+    method.play = lambda choose, num_episodes, tracker: (returns, np.zeros(len(returns), bool))
+    state = SimpleNamespace(params=None, learn_steps=np.int32(3))
+    report = method.evaluate(state, step=step, quick=False, progress=metrics.TaskProgress)
+    return {**report, "step": step}
+
+
+@needs_ale
+def test_eval_summary_statistics_and_the_printed_line_agree():
+    config = _tiny_config(1)
+    config.eval.num_episodes = 4
     returns = np.array([-21.0, -19.0, -20.0, -16.0])
-    summary = atari_loop.eval_summary(_tiny_config(1), experiment, returns, env_steps=10)
+    summary = _summary(config, returns)
     assert summary["mean_return"] == -19.0 and summary["num_episodes"] == 4
     stderr = np.std(returns, ddof=1) / 2.0
     assert summary["mean_return_stderr"] == pytest.approx(stderr)
     assert summary["human_normalized_score"] == pytest.approx(100 * (-19.0 + 20.7) / 35.3)
     assert summary["human_normalized_score_stderr"] == pytest.approx(100 * stderr / 35.3)
-    assert summary["protocol_matches_reference"] is False  # max_episode_frames=9
+    assert summary["protocol_matches_reference"] is False  # max_episode_frames=240
+    assert summary["baseline"]["mean_return"] == -19.0  # measured with the same (stubbed) play
+    line = AtariDQN(config, mode="eval").format_eval(summary)
+    assert f"stderr {stderr:.2f})" in line and "after 10 env steps (40 frames)" in line
+
+    # The reference protocol: the published random-agent score is the baseline.
+    config.env.max_episode_frames = 108_000
+    summary = _summary(config, returns[:1])
+    assert summary["protocol_matches_reference"] is True
+    assert (
+        summary["mean_return_stderr"] is None and summary["human_normalized_score_stderr"] is None
+    )
+    assert summary["baseline"]["mean_return"] == -20.7
+    assert summary["baseline"]["source"].startswith("published")
+    line = AtariDQN(config, mode="eval").format_eval(summary)
+    assert "stderr none: 1 episode" in line and "nan" not in line and "published" in line
+    json.dumps(summary, allow_nan=False)  # strict JSON: no NaN anywhere
 
 
 @needs_ale
-def test_cli_rejects_an_unknown_game_before_writing(tmp_path):
+def test_the_cli_picks_the_host_loop_and_rejects_an_unknown_game_before_writing(tmp_path, capsys):
+    assert entry.load_method("noisynet").for_config(_tiny_config(1)) is AtariDQN
     workdir = tmp_path / "run"
-    result = run_cli(
-        [
-            "--config=configs/noisynet.py:smoke_atari",
-            f"--workdir={workdir}",
-            "--config.env.name=ALE/NoSuchGame-v5",
-        ],
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "not an ALE game" in result.stderr.strip().splitlines()[-1]
+    args = ["main", "--config=configs/noisynet.py:smoke_atari", f"--workdir={workdir}"]
+    assert entry.run([*args, "--config.env.name=ALE/NoSuchGame-v5"]) == 2
+    assert "not an ALE game" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert entry.run([*args, "--config.train.num_steps=200"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "train.num_steps=200" in line and "multiple of train.steps_per_chunk=128" in line
     assert not workdir.exists()

@@ -1,23 +1,31 @@
-"""A2C / NoisyNet-A2C on real Atari frames (ale-py): the host loop end to end, noise per rollout."""
+"""A2C / NoisyNet-A2C on real Atari frames (ale-py): the host loop end to end, noise per rollout.
+
+The runs go through `experiments.main` in this process (NoisyNet.for_config picks the host loop,
+experiments/noisynet/atari_a2c.py); three short runs (straight, rerun from the first chunk,
+stopped by SIGTERM) are trained once for the module and shared by the tests.
+"""
 
 import json
 import shutil
 import signal
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import read_jsonl, run_cli
+from conftest import read_jsonl
 
 from configs.noisynet import get_config
-from deepgen.noisynet import atari_scores
+from deepgen.noisynet import a2c, atari_scores
 from deepgen.noisynet.a2c import Transitions
 from experiments import main as entry
 
 ale_py = pytest.importorskip("ale_py", reason="ale-py (Atari emulator) is not installed")
 
-from deepgen.noisynet import atari, atari_a2c_loop  # noqa: E402
+from deepgen.noisynet import atari  # noqa: E402
+from experiments.noisynet import atari_a2c  # noqa: E402
+from experiments.noisynet.atari import AtariA2C  # noqa: E402
 
 ALE_ERROR = ""
 try:  # ROMs ship inside the wheel; a broken install should skip, not fail, these tests
@@ -55,18 +63,41 @@ def _steps(directory) -> list[str]:
     return sorted((p.name for p in directory.iterdir() if p.name.isdigit()), key=int)
 
 
-@needs_ale
-def test_train_resume_sigterm_and_eval_end_to_end(tmp_path, monkeypatch):
-    """Two chunks straight through equal a rerun from the first chunk's checkpoint and a run
-    stopped by SIGTERM inside the second chunk then restarted; eval through the command line."""
-    straight, resumed, stopped = tmp_path / "straight", tmp_path / "resumed", tmp_path / "stopped"
-    assert _main(straight) == 0
-    assert _steps(straight / "checkpoints") == ["40", "80"]
-    assert sorted(p.name for p in (straight / "envs").iterdir()) == ["host_40.npz", "host_80.npz"]
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two chunks straight through (recording the noise keys of acting and learning); a rerun
+    from the first chunk's checkpoint; a run stopped by SIGTERM inside the second chunk, then
+    restarted."""
+    if ALE_ERROR:
+        pytest.skip(ALE_ERROR)
+    root = tmp_path_factory.mktemp("atari_a2c")
+    straight, resumed, stopped = root / "straight", root / "resumed", root / "stopped"
+    out = SimpleNamespace(straight=straight, resumed=resumed, stopped=stopped, status={})
+    compiled = atari_a2c._compiled_agent
+    out.acted, out.learned = [], []
 
-    assert _main(resumed) == 0
+    def recording(config, num_actions):
+        agent, init, act, learn = compiled(config, num_actions)
+
+        def act_recorded(params, obs, noise_key, rng):
+            out.acted.append(np.asarray(jax.random.key_data(noise_key)))
+            return act(params, obs, noise_key, rng)
+
+        def learn_recorded(learner, batch, noise_key):
+            out.learned.append(np.asarray(jax.random.key_data(noise_key)))
+            return learn(learner, batch, noise_key)
+
+        return agent, init, act_recorded, learn_recorded
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(atari_a2c, "_compiled_agent", recording)
+        out.status["straight"] = _main(straight)
+    out.straight_checkpoints = _steps(straight / "checkpoints")
+    out.straight_host_files = sorted(p.name for p in (straight / "envs").iterdir())
+
+    out.status["resumed_first"] = _main(resumed)
     shutil.rmtree(resumed / "checkpoints" / "80")  # the rerun resumes from env step 40
-    assert _main(resumed) == 0
+    out.status["resumed"] = _main(resumed)
 
     step_fn = atari.AtariEnv.step
     calls = []
@@ -77,14 +108,26 @@ def test_train_resume_sigterm_and_eval_end_to_end(tmp_path, monkeypatch):
             signal.raise_signal(signal.SIGTERM)
         return step_fn(self, action)
 
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(atari.AtariEnv, "step", step_then_sigterm)
-        assert _main(stopped) == 128 + signal.SIGTERM
-    assert _steps(stopped / "checkpoints") == ["40", "60"]  # saved after the 6th update
-    assert (stopped / "envs" / "host_60.npz").exists()
-    assert _main(stopped) == 0
+        out.status["stopped_first"] = _main(stopped)
+    out.stopped_checkpoints = _steps(stopped / "checkpoints")
+    out.stopped_host_files = sorted(p.name for p in (stopped / "envs").iterdir())
+    out.status["stopped"] = _main(stopped)
+    return out
 
-    a, b, c = _train_records(straight), _train_records(resumed), _train_records(stopped)
+
+@needs_ale
+def test_resume_and_sigterm_give_the_numbers_of_an_uninterrupted_run(trained):
+    status = trained.status
+    assert status["straight"] == status["resumed_first"] == status["resumed"] == 0
+    assert status["stopped_first"] == 128 + signal.SIGTERM and status["stopped"] == 0
+    assert trained.straight_checkpoints == ["40", "80"]
+    assert trained.straight_host_files == ["host_40.npz", "host_80.npz"]
+    assert trained.stopped_checkpoints == ["40", "60"]  # saved after the 6th update
+    assert trained.stopped_host_files == ["host_40.npz", "host_60.npz"]
+
+    a, b, c = (_train_records(w) for w in (trained.straight, trained.resumed, trained.stopped))
     assert [r["step"] for r in a] == [r["step"] for r in c] == [40, 80]
     assert [r["step"] for r in b] == [40, 80, 80]
     for key in COMPARED:
@@ -94,22 +137,67 @@ def test_train_resume_sigterm_and_eval_end_to_end(tmp_path, monkeypatch):
     assert last["updates"] == 8 and last["frames"] == 320 and last["learning_rate"] == 0.0
     assert last["episodes_total"] == 2  # 120-frame episodes: each env's first one is cut
     assert all(np.isfinite(r[k]) for r in a for k in ("loss", "entropy", "grad_norm"))
-    assert (straight / "config.json").exists() and (straight / "tensorboard").is_dir()
+    assert (trained.straight / "config.json").exists()
+    assert (trained.straight / "tensorboard").is_dir()
 
-    result = run_cli([f"--config={VARIANT}", f"--workdir={straight}", "--mode=eval"], timeout=120)
-    assert result.returncode == 0, result.stderr
-    report = json.loads((straight / "eval.json").read_text())
+
+@needs_ale
+def test_eval_through_the_command_line(trained, capsys):
+    """Evaluated with other train.* values than trained with: the checkpoint's 80 env steps are
+    reported; the printed standard error is eval.json's."""
+    overrides = ["--config.train.steps_per_chunk=20", "--config.train.num_steps=200"]
+    overrides += ["--config.train.log_every=20", "--config.ckpt.every=20"]
+    assert _main(trained.straight, *overrides, mode="eval") == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    report = json.loads((trained.straight / "eval.json").read_text())
     assert report["agent"] == "a2c" and report["noisy"] is True and report["game"] == "pong"
     assert report["num_episodes"] == 2 and len(report["returns"]) == 2
     assert report["env_steps_trained"] == 80 and report["updates_trained"] == 8
+    assert "after 80 env steps (320 frames)" in line
     assert report["mean_return"] == pytest.approx(np.mean(report["returns"]))
     stderr = np.std(report["returns"], ddof=1) / np.sqrt(2)
     assert report["mean_return_stderr"] == pytest.approx(stderr)
+    assert f"(stderr {report['mean_return_stderr']:.2f})" in line and "nan" not in line
     assert report["human_normalized_score"] == pytest.approx(
         atari_scores.human_normalized_score("pong", report["mean_return"])
     )
     assert report["protocol_matches_reference"] is False  # 120-frame episodes
     assert "noise" in report["eval_policy"]
+    assert report["baseline"]["num_episodes"] == 2
+
+
+@needs_ale
+def test_sample_draws_the_learning_curve_the_readme_promises(trained, capsys):
+    assert _main(trained.straight, mode="sample") == 0
+    curve = trained.straight / "samples" / "learning_curve_step80.png"
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"learning curve: {curve}" in capsys.readouterr().out
+
+
+@needs_ale
+def test_a_non_finite_loss_stops_with_status_1_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    compiled = atari_a2c._compiled_agent
+
+    def nan_after_4_updates(config, num_actions):
+        agent, init, act, learn = compiled(config, num_actions)
+
+        def learn_nan(learner, batch, noise_key):
+            learner, metrics = learn(learner, batch, noise_key)
+            if int(learner.updates) > 4:
+                metrics = {**metrics, "loss": jnp.float32(jnp.nan)}
+            return learner, metrics
+
+        return agent, init, act, learn_nan
+
+    monkeypatch.setattr(atari_a2c, "_compiled_agent", nan_after_4_updates)
+    workdir = tmp_path / "run"
+    assert _main(workdir) == 1
+    out = capsys.readouterr().out
+    assert "error: loss is nan at env step 80" in out and "checkpoint (env step 40)" in out
+    assert _steps(workdir / "checkpoints") == ["40"]
+    assert [r["step"] for r in _train_records(workdir)] == [40]
 
 
 def _rollout_batch(obs_TxExHxWxS: np.ndarray, seed: int) -> Transitions:
@@ -127,26 +215,9 @@ def _rollout_batch(obs_TxExHxWxS: np.ndarray, seed: int) -> Transitions:
 
 
 @needs_ale
-def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(tmp_path, monkeypatch):
+def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(trained):
     config = get_config("atari_a2c_smoke")  # 8 rollouts of 2 envs x 5 steps
-    compiled = atari_a2c_loop._compiled_agent
-    acted, learned = [], []
-
-    def recording(config, num_actions):
-        agent, init, act, learn = compiled(config, num_actions)
-
-        def act_recorded(params, obs, noise_key, rng):
-            acted.append(np.asarray(jax.random.key_data(noise_key)))
-            return act(params, obs, noise_key, rng)
-
-        def learn_recorded(learner, batch, noise_key):
-            learned.append(np.asarray(jax.random.key_data(noise_key)))
-            return learn(learner, batch, noise_key)
-
-        return agent, init, act_recorded, learn_recorded
-
-    monkeypatch.setattr(atari_a2c_loop, "_compiled_agent", recording)
-    assert atari_a2c_loop.run(config, str(tmp_path / "run"), mode="train") == 0
+    learned, acted = trained.learned, trained.acted
     assert len(learned) == 8 and len(acted) == 8 * 5
     for update, key in enumerate(learned):
         for acting_key in acted[5 * update : 5 * (update + 1)]:
@@ -155,13 +226,13 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(tmp_p
 
     # The keys give different noise; acting (vmapped over envs) and the learner (one batch) see
     # the same sample.
-    agent = atari_a2c_loop.make_atari_a2c(config, 6)
-    policy, learn = jax.jit(agent.policy), jax.jit(agent.learn)
+    agent, init, act, learn = atari_a2c._compiled_agent(config, 6)  # compiled by the runs
+    policy = jax.jit(agent.policy)
     envs = atari.AtariVecEnv("pong", num_envs=2, seed=1, noop_max=0)
     obs_ExHxWxS = envs.reset()
     for _ in range(6):
-        obs_ExHxWxS = atari_a2c_loop.step_envs(envs, np.array([2, 3])).obs_ExHxWxS
-    learner = jax.jit(agent.init)(jax.random.key(0), obs_ExHxWxS[:1])
+        obs_ExHxWxS = atari.step_envs(envs, np.array([2, 3])).obs_ExHxWxS
+    learner = init(jax.random.key(0), obs_ExHxWxS[:1])
     key_a, key_b = (jax.random.wrap_key_data(jnp.asarray(k)) for k in learned[:2])
     logits_a = np.asarray(policy(learner.params, obs_ExHxWxS, key_a)[0])
     per_env = jax.vmap(lambda o: policy(learner.params, o[None], key_a)[0][0])(obs_ExHxWxS)
@@ -169,7 +240,6 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(tmp_p
     logits_b = np.asarray(policy(learner.params, obs_ExHxWxS, key_b)[0])
     assert np.abs(logits_b - logits_a).max() > 1e-4
     rng = jax.random.key(5)
-    act = jax.jit(agent.act)
     np.testing.assert_array_equal(
         act(learner.params, obs_ExHxWxS, key_a, rng), act(learner.params, obs_ExHxWxS, key_a, rng)
     )
@@ -178,11 +248,11 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(tmp_p
     assert config.agent.noisy and config.agent.entropy_coef == 0.01
     assert agent.entropy_coef == 0.0
     config.agent.noisy = False
-    baseline = atari_a2c_loop.make_atari_a2c(config, 6)
+    baseline = a2c.make_atari_a2c(config, 6)
     assert baseline.entropy_coef == 0.01
     batch = _rollout_batch(np.stack([obs_ExHxWxS] * 5), seed=0)
     value_coef = config.agent.value_coef
-    _, m = learn(learner, batch, key_a)
+    _, m = learn(learner, batch, key_a)  # donates learner: not used below
     np.testing.assert_allclose(m["loss"], m["policy_loss"] + value_coef * m["value_loss"], 1e-5)
     base_learner = jax.jit(baseline.init)(jax.random.key(0), obs_ExHxWxS[:1])
     _, m = jax.jit(baseline.learn)(base_learner, batch, key_a)
@@ -199,7 +269,7 @@ def test_step_envs_keeps_the_last_observation_of_a_cut_episode():
     envs = atari.AtariVecEnv("pong", num_envs=2, seed=0, noop_max=0, max_episode_frames=20)
     envs.reset()
     for t in range(5):  # 5 agent steps of 4 frames: the episode is cut at frame 20
-        step = atari_a2c_loop.step_envs(envs, np.zeros(2, np.int64))
+        step = atari.step_envs(envs, np.zeros(2, np.int64))
         assert step.ended_E.tolist() == [t == 4] * 2
     assert step.truncated_E.all() and not step.terminal_E.any()
     # The new episode's first stack is zeros then one frame; the cut episode's last one is full.
@@ -227,6 +297,7 @@ def test_atari_configs_use_the_base_agents_optimisers():
 
 @needs_ale
 def test_a_chunk_that_is_not_whole_rollouts_is_refused_before_writing(tmp_path, capsys):
+    assert entry.load_method("noisynet").for_config(get_config("atari_a2c_smoke")) is AtariA2C
     workdir = tmp_path / "run"
     assert _main(workdir, "--config.train.steps_per_chunk=33") == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]

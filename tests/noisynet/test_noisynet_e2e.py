@@ -9,7 +9,7 @@ from conftest import read_jsonl
 
 from configs import noisynet as noisynet_configs
 from experiments import main as entry
-from experiments.noisynet import train as noisynet_train
+from experiments.noisynet.method import NoisyNet
 
 EVAL_FIELDS = {
     "mean_return",
@@ -42,9 +42,10 @@ def check_outputs(workdir, *, agent: str, noisy: bool, env_steps: int, seeds: in
     assert summary["num_episodes"] == 4 * seeds and summary["env"] == "CartPole-v1"
     assert 1 <= summary["mean_return"] <= 500 and summary["mean_return_stderr"] >= 0
     assert (workdir / "samples" / "learning_curve.png").stat().st_size > 1000
+    assert (workdir / "samples" / f"learning_curve_step{env_steps}.png").stat().st_size > 1000
     records = train_records(workdir)
     assert [r["step"] for r in records] == [256, 512, 768, 1024]
-    assert all(f"return_seed{s}" in records[-1] for s in range(seeds))
+    assert all(f"mean_episode_return_seed{s}" in records[-1] for s in range(seeds))
     assert json.loads((workdir / "config.json").read_text())["agent"]["noisy"] is noisy
 
 
@@ -57,14 +58,17 @@ def test_noisy_dqn_trains_evaluates_plots_and_resumes_with_identical_numbers(tmp
     assert all(np.isfinite(r["q_max"]) and r["q_max"] < 100 for r in records[1:])
     assert records[-1]["learn_steps"] > 200
     # Drop the last checkpoint: the rerun resumes from chunk 2 and must repeat chunks 3-4 exactly.
-    checkpoints = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert checkpoints == ["2", "4"]
-    shutil.rmtree(workdir / "checkpoints" / "4")
+    checkpoints = sorted(
+        int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert checkpoints == [512, 1024]  # numbered by env steps, like the metrics
+    shutil.rmtree(workdir / "checkpoints" / "1024")
     run_modes("smoke_dqn", workdir, modes=("train",))
     rerun = train_records(workdir)[4:]
     assert [r["step"] for r in rerun] == [768, 1024]
     for first, again in zip(records[2:], rerun, strict=True):
-        for key in ("loss", "return_seed0", "return_seed1", "q_mean", "learn_steps"):
+        keys = ("loss", "mean_episode_return_seed0", "mean_episode_return_seed1", "q_mean")
+        for key in (*keys, "learn_steps"):
             assert first[key] == again[key], key
 
 
@@ -102,7 +106,7 @@ def test_bad_values_end_with_one_line_naming_the_field(tmp_path, capsys, overrid
 def test_every_variant_builds_and_validates():
     """Each named config passes validation; the fast CartPole variant is 16 env steps per update."""
     for name in noisynet_configs.VARIANTS:
-        noisynet_train.validate(noisynet_configs.get_config(name))
+        NoisyNet.validate(noisynet_configs.get_config(name))
     fast = noisynet_configs.get_config("dqn_cartpole_fast")
     assert fast.agent.env_steps_per_update == fast.env.num_envs == 16
     assert fast.agent.batch_size == 128 and fast.agent.noisy

@@ -1,0 +1,1 @@
+"""The example method: the template a new method copies."""
