@@ -84,7 +84,7 @@ def _mnist() -> ConfigDict:
     config.sample.num_images = 64
     config.sample.n_steps = 100
     config.sample.solver = "bfn"  # BFN-Solver (Xue et al. 2024): "sde1", "sde2", "ode1", "ode2"
-    config.sample.inpaint = ""  # "top_half": complete the top halves of test digits
+    config.sample.inpaint = ""  # "top_half": keep the top halves of test digits, sample the bottom
     return config
 
 
@@ -249,7 +249,7 @@ def _cifar10(num_bins: int, output: str) -> ConfigDict:
     config.sample.num_images = 64
     config.sample.n_steps = 100
     config.sample.solver = "bfn"  # BFN-Solver (Xue et al. 2024): "sde1", "sde2", "ode1", "ode2"
-    config.sample.inpaint = ""  # "top_half": complete the top halves of test images
+    config.sample.inpaint = ""  # "top_half": keep the top halves of test images, sample the bottom
     return config
 
 

@@ -75,11 +75,11 @@ def _base(task: str, cell: str) -> ConfigDict:
     if task == "copy":
         config.data.name = "copy"
         config.train.chunk_steps = 256
-        config.train.num_steps = 2_000_000
+        config.train.num_steps = 2_048_000  # a whole number of 256-step chunks
     else:
         config.data.name = "text8"
         config.train.chunk_steps = 128
-        config.train.num_steps = 1_000_000
+        config.train.num_steps = 1_024_000  # a whole number of 128-step chunks
     return _every_chunks(config, log=1, ckpt=50)
 
 

@@ -224,13 +224,13 @@ def run(argv: list[str]) -> int:
         flag_values = _parse(argv)
         config = flag_values.config
         method = load_method(config.get("method")).for_config(config)
-        method.validate(config)
-        if distributed.distributed_requested(flag_values.distributed):
+        if distributed.distributed_requested(flag_values.distributed):  # before any JAX call
             distributed.initialize(
                 coordinator_address=flag_values.coordinator_address,
                 num_processes=flag_values.num_processes,
                 process_id=flag_values.process_id,
             )
+        method.validate(config)
         workdir = os.path.abspath(flag_values.workdir)
         return runner.run(
             method,

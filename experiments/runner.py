@@ -96,6 +96,10 @@ def _write_json(path: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def _unit_label(unit: train_loop.Unit) -> str:
+    return "step" if unit.name == "steps" else unit.name
+
+
 def source_slug(data_source: str) -> str:
     """A short file-name-safe name of a data source: its first words and a hash of the whole."""
     words = re.sub(r"[^a-z0-9]+", "-", data_source.lower()).strip("-")
@@ -148,7 +152,8 @@ def _train(method_cls: type[Method], config: ConfigDict, workdir: str) -> int:
     if start >= int(config.train.num_steps):
         built[3].close()
         print(
-            f"nothing to train: the latest checkpoint in {workdir}/checkpoints is at {unit.name} "
+            f"nothing to train: the latest checkpoint in {workdir}/checkpoints is at "
+            f"{_unit_label(unit)} "
             f"{start}, at or past train.num_steps={config.train.num_steps}; raise "
             "train.num_steps to train on, or use --mode=eval / --mode=sample",
             flush=True,
@@ -173,7 +178,8 @@ def _train(method_cls: type[Method], config: ConfigDict, workdir: str) -> int:
         method.train(workdir, built)
     except train_loop.TrainingInterrupted as stop:
         print(
-            f"interrupted at {unit.name} {stop.step}: checkpoint saved in {workdir}/checkpoints; "
+            f"interrupted at {_unit_label(unit)} {stop.step}: checkpoint saved in "
+            f"{workdir}/checkpoints; "
             "run the same command to resume",
             flush=True,
         )

@@ -155,6 +155,8 @@ class BFN(Method):
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)
         self.family = family_for(config)
+        if mode == "train":  # missing data is a one-line error before anything is written
+            self._train_data()
         self.variable_shape = self.family.variable_shape
         self.num_classes = self.family.num_classes
         self.model = self.family.make_model()

@@ -68,7 +68,7 @@ class Example(Method):
                 f"{devices} devices JAX sees; use a multiple of {devices}"
             )
 
-    def __init__(self, config: ConfigDict, *, mode: str):
+    def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)
         self.train_data = self._load("train")  # eval's baseline needs it too
         if mode == "train" and config.train.batch_size > self.train_data.num_examples:
