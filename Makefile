@@ -26,8 +26,11 @@ demo: $(STAMP)
 	$(BIN)/python -m experiments.main --config=$(DEMO_CONFIG) --workdir=$(DEMO_DIR) --mode=sample
 	@echo "demo outputs in $(DEMO_DIR): eval.json, samples/*.png (samples and loss_curve.png), metrics.jsonl, tensorboard/"
 
+# The whole suite on two workers (pytest-xdist; see pyproject.toml). PYTEST_ARGS adds options,
+# e.g. PYTEST_ARGS=--durations=25 (what .ci/run passes) or PYTEST_ARGS="-n 0 -k snap".
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -115,3 +115,69 @@ def test_resume_continues_from_the_checkpoint_and_its_data_position(tmp_path):
     train(tmp_path / "b", steps=4)
     resumed = jax.device_get(train(tmp_path / "b", steps=6).params["w"])
     np.testing.assert_array_equal(resumed, reference)
+
+
+def seeded_state(rng):
+    """Two 'seeds' of a counter whose loss is NaN until it has made an update."""
+    del rng
+    return {"count": jnp.zeros((2,), jnp.float32), "updates": jnp.zeros((), jnp.int32)}
+
+
+def seeded_step(state, batch, rng):
+    """Makes its own data (batch is None); every third call makes no update and reports NaN."""
+    assert batch is None
+    updating = (state["updates"] % 3) != 2
+    count = state["count"] + jnp.array([1.0, 2.0])
+    loss_S = jnp.where(updating, count, jnp.nan)
+    new = {"count": count, "updates": state["updates"] + 1}
+    return new, {"loss": loss_S, "updates": updating.astype(jnp.float32) * jnp.ones((2,))}
+
+
+def test_generated_batches_units_per_seed_metrics_hooks_and_idle_nan(tmp_path):
+    c = config(num_steps=12)
+    c.train.log_every, c.ckpt.every = 4, 8
+    seen = []
+
+    def hook(step, state, values):
+        seen.append((step, values["loss"]))
+        return state
+
+    state = train_loop.train(
+        c,
+        str(tmp_path),
+        init_state=seeded_state,
+        train_step=seeded_step,
+        batches=None,
+        mesh=mesh_lib.make_mesh({"data": -1, "fsdp": 1}),
+        unit=train_loop.Unit("env_steps", 2, 1),
+        per_seed=("loss",),
+        host_hooks=(hook,),
+    )
+    assert jax.device_get(state["count"]).tolist() == [6.0, 12.0]
+    records = [r for r in read_metrics(str(tmp_path)) if r["split"] == "train"]
+    # Steps count env steps (2 per call); log_every and ckpt.every too.
+    assert [r["step"] for r in records] == [4, 8, 12] and records[-1]["env_steps"] == 12
+    assert "loss_seed0" in records[0] and "loss_seed1" in records[0]
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=5, save_every=8)
+    assert ckpt.all_steps() == [8, 12]
+    ckpt.close()
+    # The hook saw every call's fetched metrics, in order; NaN on idle calls did not stop training.
+    assert [s for s, _ in seen] == [2, 4, 6, 8, 10, 12]
+    assert np.isnan(seen[2][1]) and np.isfinite(seen[0][1])
+
+
+def test_nan_where_an_update_was_made_stops_training(tmp_path):
+    def step(state, batch, rng):
+        new, metrics = seeded_step(state, batch, rng)
+        return new, {**metrics, "loss": jnp.full((2,), jnp.nan)}
+
+    c = config(num_steps=6)
+    with pytest.raises(train_loop.NonFiniteLossError, match=r"loss is \[nan, nan\] at step 1"):
+        train_loop.train(
+            c,
+            str(tmp_path),
+            init_state=seeded_state,
+            train_step=step,
+            batches=None,
+            mesh=mesh_lib.make_mesh({"data": -1, "fsdp": 1}),
+        )
