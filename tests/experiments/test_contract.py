@@ -162,7 +162,7 @@ def test_eval_writes_the_shared_keys_and_keeps_a_copy_per_step(trained):
 
 def test_sample_writes_files_named_by_their_step(trained, capsys):
     variant, workdir, _ = trained
-    step = checkpoint_steps(workdir)[0]
+    step = checkpoint_steps(workdir)[-1]
     assert entry.run(args_for(variant, workdir, "--mode=sample", f"--step={step}")) == 0
     written = [
         line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if ": /" in line
