@@ -15,7 +15,6 @@ when given; nothing is recorded in RESULTS.md.
 """
 
 import argparse
-import ast
 import datetime
 import platform
 import socket
@@ -30,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import parse_config, steps_table  # noqa: E402
 from configs import bfn as bfn_configs  # noqa: E402
 from deepgen.bfn import continuous  # noqa: E402
 from deepgen.bfn import solver as bfn_solver  # noqa: E402
@@ -41,21 +41,6 @@ from experiments.bfn.method import BFN  # noqa: E402
 SOLVERS = ("bfn", *bfn_solver.SOLVERS[1:])
 
 
-def parse_config(variant: str, overrides: list[str]):
-    """The variant's config with --set a.b=value overrides applied."""
-    config = bfn_configs.get_config(variant)
-    for item in overrides:
-        key, value = item.split("=", 1)
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = (
-            value if isinstance(node[leaf], str) else type(node[leaf])(ast.literal_eval(value))
-        )
-    return config
-
-
 def make_sampler(experiment: BFN, name: str, n_steps: int, batch_size: int):
     """A jitted (params, rng) -> samples for one solver and number of steps, batch-sharded."""
     flow = experiment.flow
@@ -64,26 +49,24 @@ def make_sampler(experiment: BFN, name: str, n_steps: int, batch_size: int):
     known_values = np.zeros(shape, flow.batch_dtype)
 
     def run(params, rng):
+        common = dict(
+            rng=rng,
+            batch_size=batch_size,
+            variable_shape=experiment.variable_shape,
+            n_steps=n_steps,
+        )
         if name == "bfn":
-            return flow.sample(
-                params,
-                rng=rng,
-                batch_size=batch_size,
-                variable_shape=experiment.variable_shape,
-                n_steps=n_steps,
-                known_mask=known_mask,
-                known_values=known_values,
-            )[0]
+            samples, _ = flow.sample(
+                params, known_mask=known_mask, known_values=known_values, **common
+            )
+            return samples
         if isinstance(flow, DiscreteFlow):
             return bfn_solver.sample_discrete(
                 lambda theta, t_B, r: flow.log_probs(params, theta, t_B, train=False, rng=r),
-                rng=rng,
-                batch_size=batch_size,
-                variable_shape=experiment.variable_shape,
                 num_classes=flow.num_classes,
-                n_steps=n_steps,
                 beta1=flow.beta1,
                 solver=name,
+                **common,
             )[0]
         if flow.discretised:  # the solvers move mu with the output's mean E[k_c] as x_hat
             x_hat_fn = lambda mu, t_B, r: continuous.discretised_mean(
@@ -91,15 +74,7 @@ def make_sampler(experiment: BFN, name: str, n_steps: int, batch_size: int):
             )
         else:
             x_hat_fn = lambda mu, t_B, r: flow.x_hat(params, mu, t_B, train=False, rng=r)
-        return bfn_solver.sample_continuous(
-            x_hat_fn,
-            rng=rng,
-            batch_size=batch_size,
-            variable_shape=experiment.variable_shape,
-            n_steps=n_steps,
-            sigma1=flow.sigma1,
-            solver=name,
-        )
+        return bfn_solver.sample_continuous(x_hat_fn, sigma1=flow.sigma1, solver=name, **common)
 
     return jax.jit(run, out_shardings=mesh_lib.batch_sharding(experiment.mesh))
 
@@ -170,15 +145,13 @@ def main() -> None:
         f"samples/s = batch / median of {args.repeats} calls after warm-up "
         "(each call: n steps + the t = 1 readout).",
         "",
-        "| solver | " + " | ".join(f"n = {n}" for n in n_steps) + " |",
-        "|---|" + "---|" * len(n_steps),
     ]
-    for name in solvers:
-        cells = [f"{rows[name, n][0]:.3g}" for n in n_steps]
-        lines.append(f"| {name} (samples/s) | " + " | ".join(cells) + " |")
-    for name in solvers:
-        cells = [f"{rows[name, n][1]:.3g}" for n in n_steps]
-        lines.append(f"| {name} (network calls/s) | " + " | ".join(cells) + " |")
+    table_rows = [
+        (f"{name} ({unit})", [f"{rows[name, n][column]:.3g}" for n in n_steps])
+        for column, unit in enumerate(("samples/s", "network calls/s"))
+        for name in solvers
+    ]
+    lines += steps_table("solver", n_steps, table_rows)
     lines += ["", f"Command: `python benchmarks/bfn_sampling.py {' '.join(sys.argv[1:])}`", ""]
     table = "\n".join(lines)
     print(table)

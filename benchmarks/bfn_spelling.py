@@ -15,7 +15,6 @@ drawn from the training letter frequencies (the floor). Prints a markdown table 
 """
 
 import argparse
-import ast
 import datetime
 import functools
 import platform
@@ -29,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import parse_config, steps_table  # noqa: E402
 from configs import bfn as bfn_configs  # noqa: E402
 from deepgen.bfn import sampler, solver  # noqa: E402
 from deepgen.core.errors import UserError  # noqa: E402
@@ -79,21 +79,6 @@ def spelling_accuracy(
     result["stderr_binomial"] = float(np.sqrt(accuracy * (1 - accuracy) / max(total, 1)))
     result["mean_word_length"] = float(np.mean(lengths)) if lengths else float("nan")
     return result
-
-
-def parse_config(variant: str, overrides: list[str]):
-    """The variant's config with --set a.b=value overrides applied."""
-    config = bfn_configs.get_config(variant)
-    for item in overrides:
-        key, value = item.split("=", 1)
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = (
-            value if isinstance(node[leaf], str) else type(node[leaf])(ast.literal_eval(value))
-        )
-    return config
 
 
 def make_sampler(experiment, name: str, n_steps: int, batch_size: int):
@@ -217,18 +202,10 @@ def main() -> None:
 
     def table(title: str, cell, reference_cell) -> list[str]:
         rows = [
-            "",
-            title,
-            "",
-            "| sampler | " + " | ".join(f"n = {n}" for n in n_steps) + " |",
-            "|---|" + "---|" * len(n_steps),
+            (SAMPLER_NAMES[name], [cell(results[name, n]) for n in n_steps]) for name in samplers
         ]
-        for name in samplers:
-            cells = [cell(results[name, n]) for n in n_steps]
-            rows.append(f"| {SAMPLER_NAMES[name]} | " + " | ".join(cells) + " |")
-        for label, r in references.items():
-            rows.append(f"| {label} | " + " | ".join([reference_cell(r)] * len(n_steps)) + " |")
-        return rows
+        rows += [(label, [reference_cell(r)] * len(n_steps)) for label, r in references.items()]
+        return ["", title, "", *steps_table("sampler", n_steps, rows)]
 
     device = jax.devices()[0]
     lines = [
@@ -261,12 +238,12 @@ def main() -> None:
             "ode2 solution from the same start (same rng), i.e. the discretisation error with "
             "the trained network:",
             "",
-            "| solver | " + " | ".join(f"n = {n}" for n in n_steps) + " |",
-            "|---|" + "---|" * len(n_steps),
         ]
-        for name in ode_names:
-            cells = [f"{agreement[name, n]:.3f}" for n in n_steps]
-            lines.append(f"| {SAMPLER_NAMES[name]} | " + " | ".join(cells) + " |")
+        agreement_rows = [
+            (SAMPLER_NAMES[name], [f"{agreement[name, n]:.3f}" for n in n_steps])
+            for name in ode_names
+        ]
+        lines += steps_table("solver", n_steps, agreement_rows)
     lines += ["", "First samples (`_` marks a space):", ""]
     for name in samplers:
         for n in (n_steps[0], n_steps[-1]):

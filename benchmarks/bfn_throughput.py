@@ -10,7 +10,6 @@ issue's targets use), XLA's own count of the compiled step for the U-Nets.
 """
 
 import argparse
-import ast
 import datetime
 import platform
 import resource
@@ -26,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import apply_overrides  # noqa: E402
 from configs import bfn as bfn_configs  # noqa: E402
 from deepgen.bfn.model import count_params  # noqa: E402
 from deepgen.bfn.transformer import model_flops_per_token  # noqa: E402
@@ -58,15 +58,7 @@ def main() -> None:
         config.train.batch_size = args.batch_size
     if args.dtype:
         config.model.dtype = args.dtype
-    for item in args.set:
-        key, value = item.split("=", 1)
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = (
-            value if isinstance(node[leaf], str) else type(node[leaf])(ast.literal_eval(value))
-        )
+    apply_overrides(config, args.set)
 
     experiment = BFN(config)
     mesh = experiment.mesh

@@ -85,15 +85,9 @@ def prepare_estimator(name, config, params, masks, readout_params, xs, ys):
 
     @jax.jit
     def run(params, masks, readout_params, state, traces, xs, ys, keys):
-        def body(carry, inputs):
-            state, traces = carry
-            x, y, key = inputs
-            state, traces, _, loss, _ = estimator.step(
-                params, masks, readout_params, state, traces, x, y, key
-            )
-            return (state, traces), loss
-
-        (state, traces), losses = jax.lax.scan(body, (state, traces), (xs, ys, keys))
+        state, traces, losses = est_lib.scan_steps(
+            estimator, params, masks, readout_params, state, traces, xs, ys, keys
+        )
         return state, traces["grad_cell"], losses
 
     influence = {key: value for key, value in traces.items() if not key.startswith("grad_")}

@@ -16,6 +16,13 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".jax_cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+# Tests compile far more than they run: XLA's cheapest backend optimisation level cut a sample of
+# end-to-end and estimator tests by 15% (77 -> 64 s and 112 -> 99 s). Tests compare runs made
+# under the same flags, or against float64 references with tolerances.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
 import json
 import subprocess

@@ -46,7 +46,66 @@ def _step_draw(rng: jax.Array, batch: int, n: int) -> tuple[jax.Array, jax.Array
 _RECON_FOLD = 2**31 - 1
 
 
-class DiscreteFlow:
+class _Flow:
+    """What the flows share: the draws of the NLL terms and the sampler's arguments.
+
+    A flow provides train_loss, _discrete_time_loss(params, x_BxD, n, i_B, t_B, rng_flow, rng_y,
+    num_samples) and _reconstruction_loss(params, x_BxD, t1_B, rng) (per-variable nats), and
+    _sample(params, solver, **sample's arguments).
+    """
+
+    def nll_terms(
+        self, params: Any, x_BxD: jax.Array, rng: jax.Array, *, n_steps, num_samples: int
+    ) -> dict[str, jax.Array]:
+        """Per-example nats: L^inf or L^n for each n (0 means L^inf), and L^r."""
+        batch = x_BxD.shape[0]
+        terms = {}
+        for n in n_steps:
+            rng_n = jax.random.fold_in(rng, n)
+            if n == 0:
+                terms["inf"] = self.train_loss(params, x_BxD, rng_n, train=False)
+                continue
+            rng_i, rng_flow, rng_y = jax.random.split(rng_n, 3)
+            i_B, t_B = _step_draw(rng_i, batch, n)
+            loss = self._discrete_time_loss(
+                params, x_BxD, n, i_B, t_B, rng_flow, rng_y, num_samples
+            )
+            terms[str(n)] = _sum_variables(loss)
+        rng_r = jax.random.fold_in(rng, _RECON_FOLD)
+        t1_B = jnp.ones((batch,), jnp.float32)
+        terms["recon"] = _sum_variables(self._reconstruction_loss(params, x_BxD, t1_B, rng_r))
+        return terms
+
+    def sample(
+        self,
+        params: Any,
+        *,
+        rng: jax.Array,
+        batch_size: int,
+        variable_shape: tuple[int, ...],
+        n_steps: int,
+        known_mask: jax.Array,
+        known_values: jax.Array,
+        solver: str = "bfn",
+    ) -> tuple[jax.Array, jax.Array]:
+        """(samples, the t = 1 output) of n steps; known positions are clamped.
+
+        solver "bfn" is the paper's sampler; "sde1", "sde2", "ode1", "ode2" are BFN-Solver's
+        first- and second-order SDE and ODE solvers (Xue et al. 2024, deepgen/bfn/solver.py).
+        """
+        return self._sample(
+            params,
+            solver,
+            rng=rng,
+            batch_size=batch_size,
+            variable_shape=variable_shape,
+            n_steps=n_steps,
+            known_mask=known_mask,
+            known_values=known_values,
+        )
+
+
+class DiscreteFlow(_Flow):
     """K classes (Sec. 6): theta on the simplex, beta(t) = beta(1) t^2, a categorical output."""
 
     batch_dtype = np.int32
@@ -76,86 +135,41 @@ class DiscreteFlow:
         probs = jnp.exp(self.log_probs(params, theta, t_B, train=train, rng=rng_net))
         return _sum_variables(discrete.continuous_time_loss(x_onehot, probs, t, beta1=self.beta1))
 
-    def nll_terms(
-        self, params: Any, x_BxD: jax.Array, rng: jax.Array, *, n_steps, num_samples: int
-    ) -> dict[str, jax.Array]:
-        """Per-example nats: L^inf or L^n for each n (0 means L^inf), and L^r."""
+    def _discrete_time_loss(self, params, x_BxD, n, i_B, t_B, rng_flow, rng_y, num_samples):
+        """L^n per variable for one draw of the step i (and of the flow at t = (i - 1) / n)."""
         x_onehot = jax.nn.one_hot(x_BxD, self.num_classes, dtype=jnp.float32)
-        batch, ndim = x_BxD.shape[0], x_BxD.ndim
-        terms = {}
-        for n in n_steps:
-            rng_n = jax.random.fold_in(rng, n)
-            if n == 0:
-                terms["inf"] = self.train_loss(params, x_BxD, rng_n, train=False)
-                continue
-            rng_i, rng_flow, rng_y = jax.random.split(rng_n, 3)
-            i_B, t_B = _step_draw(rng_i, batch, n)
-            theta = discrete.flow_sample(
-                x_onehot, _expand(t_B, ndim), beta1=self.beta1, rng=rng_flow
-            )
-            log_probs = self.log_probs(params, theta, t_B, train=False, rng=rng_flow)
-            loss = discrete.discrete_time_loss(
-                x_onehot,
-                log_probs,
-                _expand(i_B, ndim),
-                n_steps=n,
-                beta1=self.beta1,
-                rng=rng_y,
-                num_samples=num_samples,
-            )
-            terms[str(n)] = _sum_variables(loss)
-        rng_r = jax.random.fold_in(rng, _RECON_FOLD)
-        t1_B = jnp.ones((batch,), jnp.float32)
-        theta1 = discrete.flow_sample(x_onehot, _expand(t1_B, ndim), beta1=self.beta1, rng=rng_r)
-        log_probs1 = self.log_probs(params, theta1, t1_B, train=False, rng=rng_r)
-        terms["recon"] = _sum_variables(discrete.reconstruction_loss(x_onehot, log_probs1))
-        return terms
-
-    def sample(
-        self,
-        params: Any,
-        *,
-        rng: jax.Array,
-        batch_size: int,
-        variable_shape: tuple[int, ...],
-        n_steps: int,
-        known_mask: jax.Array,
-        known_values: jax.Array,
-        solver: str = "bfn",
-    ) -> tuple[jax.Array, jax.Array]:
-        """(class indices, p_O at t = 1 of shape ...xK); known positions are clamped.
-
-        solver "bfn" is the paper's sampler; "sde1", "sde2", "ode1", "ode2" are BFN-Solver's
-        first- and second-order SDE and ODE solvers (Xue et al. 2024, deepgen/bfn/solver.py).
-        """
-        log_probs_fn = lambda theta, t_B, r: self.log_probs(params, theta, t_B, train=False, rng=r)
-        if solver != "bfn":
-            return bfn_solver.sample_discrete(
-                log_probs_fn,
-                rng=rng,
-                batch_size=batch_size,
-                variable_shape=variable_shape,
-                num_classes=self.num_classes,
-                n_steps=n_steps,
-                beta1=self.beta1,
-                solver=solver,
-                known_mask=known_mask,
-                known_values=known_values,
-            )
-        return sampler.sample_discrete(
-            log_probs_fn,
-            rng=rng,
-            batch_size=batch_size,
-            variable_shape=variable_shape,
-            num_classes=self.num_classes,
-            n_steps=n_steps,
+        ndim = x_BxD.ndim
+        theta = discrete.flow_sample(x_onehot, _expand(t_B, ndim), beta1=self.beta1, rng=rng_flow)
+        log_probs = self.log_probs(params, theta, t_B, train=False, rng=rng_flow)
+        return discrete.discrete_time_loss(
+            x_onehot,
+            log_probs,
+            _expand(i_B, ndim),
+            n_steps=n,
             beta1=self.beta1,
-            known_mask=known_mask,
-            known_values=known_values,
+            rng=rng_y,
+            num_samples=num_samples,
         )
 
+    def _reconstruction_loss(self, params, x_BxD, t1_B, rng):
+        """L^r per variable, from one draw of the flow at t = 1."""
+        x_onehot = jax.nn.one_hot(x_BxD, self.num_classes, dtype=jnp.float32)
+        theta1 = discrete.flow_sample(
+            x_onehot, _expand(t1_B, x_BxD.ndim), beta1=self.beta1, rng=rng
+        )
+        log_probs1 = self.log_probs(params, theta1, t1_B, train=False, rng=rng)
+        return discrete.reconstruction_loss(x_onehot, log_probs1)
 
-class ContinuousFlow:
+    def _sample(self, params: Any, solver: str, **common) -> tuple[jax.Array, jax.Array]:
+        """(class indices, p_O at t = 1 of shape ...xK)."""
+        log_probs_fn = lambda theta, t_B, r: self.log_probs(params, theta, t_B, train=False, rng=r)
+        common.update(num_classes=self.num_classes, beta1=self.beta1)
+        if solver != "bfn":
+            return bfn_solver.sample_discrete(log_probs_fn, solver=solver, **common)
+        return sampler.sample_discrete(log_probs_fn, **common)
+
+
+class ContinuousFlow(_Flow):
     """Data in [-1, 1] (Secs. 4-5): theta = (mu, rho), beta(t) = sigma1^(-2t) - 1.
 
     discretised=True: the network gives (mu_eps, ln sigma_eps) per variable and p_O is a normal
@@ -216,74 +230,39 @@ class ContinuousFlow:
         x_hat = self._point_estimate(params, mu, t_B, train=train, rng=rng_net)
         return _sum_variables(continuous.continuous_time_loss(x_BxD, x_hat, t, sigma1=self.sigma1))
 
-    def nll_terms(
-        self, params: Any, x_BxD: jax.Array, rng: jax.Array, *, n_steps, num_samples: int
-    ) -> dict[str, jax.Array]:
-        """Per-example nats: L^inf or L^n for each n (0 means L^inf), and L^r."""
-        batch, ndim = x_BxD.shape[0], x_BxD.ndim
-        terms = {}
-        for n in n_steps:
-            rng_n = jax.random.fold_in(rng, n)
-            if n == 0:
-                terms["inf"] = self.train_loss(params, x_BxD, rng_n, train=False)
-                continue
-            rng_i, rng_flow, rng_y = jax.random.split(rng_n, 3)
-            i_B, t_B = _step_draw(rng_i, batch, n)
-            i = _expand(i_B, ndim)
-            mu = continuous.flow_sample(x_BxD, _expand(t_B, ndim), sigma1=self.sigma1, rng=rng_flow)
-            if self.discretised:
-                probs = self.probs(params, mu, t_B, train=False, rng=rng_flow)
-                loss = continuous.discrete_time_loss_discretised(
-                    x_BxD,
-                    probs,
-                    i,
-                    n_steps=n,
-                    sigma1=self.sigma1,
-                    rng=rng_y,
-                    num_samples=num_samples,
-                )
-            else:
-                x_hat = self.x_hat(params, mu, t_B, train=False, rng=rng_flow)
-                loss = continuous.discrete_time_loss_point(
-                    x_BxD, x_hat, i, n_steps=n, sigma1=self.sigma1
-                )
-            terms[str(n)] = _sum_variables(loss)
-        rng_r = jax.random.fold_in(rng, _RECON_FOLD)
-        t1_B = jnp.ones((batch,), jnp.float32)
-        mu1 = continuous.flow_sample(x_BxD, _expand(t1_B, ndim), sigma1=self.sigma1, rng=rng_r)
+    def _discrete_time_loss(self, params, x_BxD, n, i_B, t_B, rng_flow, rng_y, num_samples):
+        """L^n per variable for one draw of the step i (and of the flow at t = (i - 1) / n)."""
+        ndim = x_BxD.ndim
+        i = _expand(i_B, ndim)
+        mu = continuous.flow_sample(x_BxD, _expand(t_B, ndim), sigma1=self.sigma1, rng=rng_flow)
         if self.discretised:
-            probs1 = self.probs(params, mu1, t1_B, train=False, rng=rng_r)
-            recon = continuous.reconstruction_loss_discretised(x_BxD, probs1)
-        else:
-            x_hat1 = self.x_hat(params, mu1, t1_B, train=False, rng=rng_r)
-            recon = continuous.reconstruction_loss_continuous(
-                x_BxD, x_hat1, sigma=self.recon_sigma, num_bins=self.num_bins
+            probs = self.probs(params, mu, t_B, train=False, rng=rng_flow)
+            return continuous.discrete_time_loss_discretised(
+                x_BxD,
+                probs,
+                i,
+                n_steps=n,
+                sigma1=self.sigma1,
+                rng=rng_y,
+                num_samples=num_samples,
             )
-        terms["recon"] = _sum_variables(recon)
-        return terms
+        x_hat = self.x_hat(params, mu, t_B, train=False, rng=rng_flow)
+        return continuous.discrete_time_loss_point(x_BxD, x_hat, i, n_steps=n, sigma1=self.sigma1)
 
-    def sample(
-        self,
-        params: Any,
-        *,
-        rng: jax.Array,
-        batch_size: int,
-        variable_shape: tuple[int, ...],
-        n_steps: int,
-        known_mask: jax.Array,
-        known_values: jax.Array,
-        solver: str = "bfn",
-    ) -> tuple[jax.Array, jax.Array]:
-        """(samples in [-1, 1], the t = 1 output: p_O ...xK if discretised, else x_hat)."""
-        common = dict(
-            rng=rng,
-            batch_size=batch_size,
-            variable_shape=variable_shape,
-            n_steps=n_steps,
-            sigma1=self.sigma1,
-            known_mask=known_mask,
-            known_values=known_values,
+    def _reconstruction_loss(self, params, x_BxD, t1_B, rng):
+        """L^r per variable, from one draw of the flow at t = 1."""
+        mu1 = continuous.flow_sample(x_BxD, _expand(t1_B, x_BxD.ndim), sigma1=self.sigma1, rng=rng)
+        if self.discretised:
+            probs1 = self.probs(params, mu1, t1_B, train=False, rng=rng)
+            return continuous.reconstruction_loss_discretised(x_BxD, probs1)
+        x_hat1 = self.x_hat(params, mu1, t1_B, train=False, rng=rng)
+        return continuous.reconstruction_loss_continuous(
+            x_BxD, x_hat1, sigma=self.recon_sigma, num_bins=self.num_bins
         )
+
+    def _sample(self, params: Any, solver: str, **common) -> tuple[jax.Array, jax.Array]:
+        """(samples in [-1, 1], the t = 1 output: p_O ...xK if discretised, else x_hat)."""
+        common["sigma1"] = self.sigma1
         if solver != "bfn":
             return self._solver_sample(params, solver=solver, **common)
         if self.discretised:

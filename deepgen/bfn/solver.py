@@ -76,6 +76,14 @@ def time_grid(n_steps: int) -> jax.Array:
     return jnp.arange(n_steps + 1, dtype=jnp.float32) / n_steps
 
 
+def _check_arguments(solver: str, solvers: tuple[str, ...], n_steps: int) -> None:
+    """ValueError for a solver not in solvers or fewer than one step."""
+    if solver not in solvers:
+        raise ValueError(f"solver={solver!r} is not one of {solvers}")
+    if n_steps < 1:
+        raise ValueError(f"n_steps={n_steps} must be at least 1")
+
+
 def ode_update(
     z_s: jax.Array,
     p_s: jax.Array,
@@ -125,10 +133,7 @@ def integrate_discrete(
     known_values: jax.Array | None = None,
 ) -> jax.Array:
     """The logits y at t = 1 after n solver steps (one lax.scan), shape (B, *variable_shape, K)."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver={solver!r} is not one of {SOLVERS}")
-    if n_steps < 1:
-        raise ValueError(f"n_steps={n_steps} must be at least 1")
+    _check_arguments(solver, SOLVERS, n_steps)
     shape = (batch_size, *variable_shape)
     known = sampler._known(known_mask, known_values, shape, jnp.int32)
     known_onehot = None if known is None else jax.nn.one_hot(known[1], num_classes)
@@ -240,10 +245,7 @@ def integrate_continuous(
     Random numbers as sampler.sample_continuous: sde1 with x_hat_fn = the clipped
     continuous.data_estimate of its eps_fn performs the same updates with the same noise.
     """
-    if solver not in CONTINUOUS_SOLVERS:
-        raise ValueError(f"solver={solver!r} is not one of {CONTINUOUS_SOLVERS}")
-    if n_steps < 1:
-        raise ValueError(f"n_steps={n_steps} must be at least 1")
+    _check_arguments(solver, CONTINUOUS_SOLVERS, n_steps)
     shape = (batch_size, *variable_shape)
     known = sampler._known(known_mask, known_values, shape, jnp.float32)
     is_ode = solver.startswith("ode")

@@ -115,14 +115,27 @@ def attend(weights_BxNxTxS: jax.Array, v_BxSxNxH: jax.Array) -> jax.Array:
     return jnp.einsum("bnts,bsnh->btnh", weights_BxNxTxS, v_BxSxNxH)
 
 
-class SelfAttention(nn.Module):
-    """nanoGPT multi-head self-attention without a mask (``is_causal=False``)."""
+def _residual_projection(
+    h_BxTxF: jax.Array, width: int, *, num_layers: int, dropout: float, dtype: Any, train: bool
+) -> jax.Array:
+    """nanoGPT's c_proj back to the residual width (init std scaled by 1/sqrt(2L)), then dropout."""
+    std = _INIT_STD / math.sqrt(2 * num_layers)
+    y_BxTxD = _dense(width, dtype, std=std, name="c_proj")(h_BxTxF)
+    return nn.Dropout(dropout, deterministic=not train)(y_BxTxD)
+
+
+class _BlockSettings(nn.Module):
+    """The settings a transformer block and its self-attention share."""
 
     num_heads: int
     dropout: float
     num_layers: int
     attention_impl: str = "einsum"
     dtype: Any = jnp.float32
+
+
+class SelfAttention(_BlockSettings):
+    """nanoGPT multi-head self-attention without a mask (``is_causal=False``)."""
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, *, train: bool) -> jax.Array:
@@ -150,10 +163,14 @@ class SelfAttention(nn.Module):
             y_BxTxNxH = jax.nn.dot_product_attention(
                 q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, implementation=self.attention_impl
             )
-        y_BxTxD = y_BxTxNxH.reshape(B, T, D)
-        std = _INIT_STD / math.sqrt(2 * self.num_layers)
-        y_BxTxD = _dense(D, self.dtype, std=std, name="c_proj")(y_BxTxD)
-        return nn.Dropout(self.dropout, deterministic=not train)(y_BxTxD)
+        return _residual_projection(
+            y_BxTxNxH.reshape(B, T, D),
+            D,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            dtype=self.dtype,
+            train=train,
+        )
 
 
 class MLP(nn.Module):
@@ -169,19 +186,18 @@ class MLP(nn.Module):
         D = x_BxTxD.shape[-1]
         h_BxTxF = _dense(4 * D, self.dtype, name="c_fc")(x_BxTxD)
         h_BxTxF = nn.gelu(h_BxTxF, approximate=True)
-        std = _INIT_STD / math.sqrt(2 * self.num_layers)
-        y_BxTxD = _dense(D, self.dtype, std=std, name="c_proj")(h_BxTxF)
-        return nn.Dropout(self.dropout, deterministic=not train)(y_BxTxD)
+        return _residual_projection(
+            h_BxTxF,
+            D,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            dtype=self.dtype,
+            train=train,
+        )
 
 
-class Block(nn.Module):
+class Block(_BlockSettings):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
-
-    num_heads: int
-    dropout: float
-    num_layers: int
-    attention_impl: str = "einsum"
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, *, train: bool) -> jax.Array:

@@ -133,6 +133,30 @@ def a2c_loss(
     return loss, metrics
 
 
+def rollout_loss(
+    policy: Callable,
+    params: Any,
+    batch: Transitions,
+    return_TxE: jax.Array,
+    noise: Any,
+    *,
+    value_coef: float,
+    entropy_coef: float,
+) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+    """a2c_loss of the policy on a rollout's transitions: (loss, its metrics, value_N)."""
+    obs_NxO = batch.obs_TxExO.reshape((-1, *batch.obs_TxExO.shape[2:]))
+    logits_NxA, value_N = policy(params, obs_NxO, noise)
+    loss, metrics = a2c_loss(
+        logits_NxA=logits_NxA,
+        value_N=value_N,
+        action_N=batch.action_TxE.reshape(-1),
+        return_N=return_TxE.reshape(-1),
+        value_coef=value_coef,
+        entropy_coef=entropy_coef,
+    )
+    return loss, metrics, value_N
+
+
 def a2c_step(
     params: Any,
     opt_state: Any,
@@ -271,16 +295,16 @@ def make_a2c_trainer(
         )
 
     def loss_fn(params, batch: Transitions, return_TxE, noise):
-        obs_NxO = batch.obs_TxExO.reshape((steps_per_update, *batch.obs_TxExO.shape[2:]))
-        logits_NxA, value_N = policy(params, obs_NxO, noise)
-        return a2c_loss(
-            logits_NxA=logits_NxA,
-            value_N=value_N,
-            action_N=batch.action_TxE.reshape(-1),
-            return_N=return_TxE.reshape(-1),
+        loss, metrics, _ = rollout_loss(
+            policy,
+            params,
+            batch,
+            return_TxE,
+            noise,
             value_coef=value_coef,
             entropy_coef=entropy_coef,
         )
+        return loss, metrics
 
     def update(state: A2CState, _):
         rng, noise_key, rollout_rng = jax.random.split(state.rng, 3)
@@ -399,13 +423,12 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
         return jax.vmap(one_env)(obs_ExHxWxS, keys_E).astype(jnp.int32)
 
     def loss_fn(params: Any, batch: Transitions, return_TxE: jax.Array, noise_key: jax.Array):
-        obs_NxHxWxS = batch.obs_TxExO.reshape((-1, *batch.obs_TxExO.shape[2:]))
-        logits_NxA, value_N = policy(params, obs_NxHxWxS, noise_key)
-        loss, aux = a2c_loss(
-            logits_NxA=logits_NxA,
-            value_N=value_N,
-            action_N=batch.action_TxE.reshape(-1),
-            return_N=return_TxE.reshape(-1),
+        loss, aux, value_N = rollout_loss(
+            policy,
+            params,
+            batch,
+            return_TxE,
+            noise_key,
             value_coef=value_coef,
             entropy_coef=entropy_coef,
         )

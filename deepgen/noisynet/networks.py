@@ -164,18 +164,29 @@ def _torso_and_head_noise(
     return x, layer_noise(head_dims(x.shape[-1]))
 
 
-class QNetwork(nn.Module):
-    """Q-values q_BxA: torso, then a (noisy) hidden layer and output, or two dueling streams."""
+class _TorsoAndHeads(nn.Module):
+    """A torso, then (noisy) dense heads: the fields and forward pass QNetwork and ActorCritic share."""
 
     num_actions: int
     torso: str
     torso_hidden: Sequence[int]
     head_hidden: int
-    dueling: bool = False
     noisy: bool = False
     noisy_torso: bool = True
     noise_type: str = "factorised"
     sigma0: float | None = None
+
+    def _head_dims(self, feature_dim: int) -> list[tuple[int, int]]:
+        """(fan_in, features) of the heads' dense layers, in the order they take their noise."""
+        raise NotImplementedError
+
+    def _heads(self, x: jax.Array, noise: list[jax.Array] | None, switches: dict) -> Any:
+        """The network's outputs from the torso features and the heads' noise (None: no noise)."""
+        raise NotImplementedError
+
+    def _dense(self, features: int, name: str) -> _Dense:
+        """A head layer, noisy when the network is."""
+        return _Dense(features, self.noisy, self.noise_type, self.sigma0, name=name)
 
     @nn.compact
     def __call__(
@@ -185,79 +196,66 @@ class QNetwork(nn.Module):
         use_noise: bool = True,
         per_example_noise: bool = False,
         noise: jax.Array | None = None,
-    ) -> jax.Array:
+    ) -> Any:
         """noise: a pre-drawn N(0, 1) sample (network_noise_size entries, per row if per-example)."""
-        kw = dict(use_noise=use_noise and self.noisy, per_example_noise=per_example_noise)
-        dense = dict(noisy=self.noisy, noise_type=self.noise_type, sigma0=self.sigma0)
+        switches = dict(use_noise=use_noise and self.noisy, per_example_noise=per_example_noise)
         torso_noisy = self.noisy and self.noisy_torso
         torso = Torso(
             self.torso, self.torso_hidden, torso_noisy, self.noise_type, self.sigma0, name="torso"
         )
-        streams = [("q", self.num_actions)]
+        x, head_noise = _torso_and_head_noise(
+            self, torso, obs, self._head_dims, **switches, noise=noise
+        )
+        return self._heads(x, head_noise, switches)
+
+
+class QNetwork(_TorsoAndHeads):
+    """Q-values q_BxA: torso, then a (noisy) hidden layer and output, or two dueling streams."""
+
+    dueling: bool = False
+
+    def _streams(self) -> list[tuple[str, int]]:
+        """(name, outputs) of each head: one Q stream, or the dueling value and advantage."""
         if self.dueling:
-            streams = [("value", 1), ("advantage", self.num_actions)]
+            return [("value", 1), ("advantage", self.num_actions)]
+        return [("q", self.num_actions)]
 
-        def head_dims(feature_dim: int) -> list[tuple[int, int]]:
-            dims = []
-            for _, out in streams:
-                dims += [(feature_dim, self.head_hidden), (self.head_hidden, out)]
-            return dims
+    def _head_dims(self, feature_dim: int) -> list[tuple[int, int]]:
+        dims = []
+        for _, out in self._streams():
+            dims += [(feature_dim, self.head_hidden), (self.head_hidden, out)]
+        return dims
 
-        x, noise = _torso_and_head_noise(self, torso, obs, head_dims, **kw, noise=noise)
+    def _heads(self, x: jax.Array, noise: list[jax.Array] | None, switches: dict) -> jax.Array:
         outputs = []
-        for i, (name, out) in enumerate(streams):
+        for i, (name, out) in enumerate(self._streams()):
             hidden_noise, out_noise = (None, None) if noise is None else noise[2 * i : 2 * i + 2]
-            h = _Dense(self.head_hidden, name=f"{name}_hidden", **dense)(
-                x, **kw, noise=hidden_noise
-            )
-            outputs.append(
-                _Dense(out, name=f"{name}_out", **dense)(nn.relu(h), **kw, noise=out_noise)
-            )
+            h = self._dense(self.head_hidden, f"{name}_hidden")(x, **switches, noise=hidden_noise)
+            outputs.append(self._dense(out, f"{name}_out")(nn.relu(h), **switches, noise=out_noise))
         if not self.dueling:
             return outputs[0]
         value_Bx1, advantage_BxA = outputs
         return value_Bx1 + advantage_BxA - jnp.mean(advantage_BxA, axis=-1, keepdims=True)
 
 
-class ActorCritic(nn.Module):
+class ActorCritic(_TorsoAndHeads):
     """Policy logits_BxA and value_B from a shared torso and two (noisy) heads."""
 
-    num_actions: int
-    torso: str
-    torso_hidden: Sequence[int]
-    head_hidden: int
-    noisy: bool = False
-    noisy_torso: bool = True
     noise_type: str = "independent"
-    sigma0: float | None = None
 
-    @nn.compact
-    def __call__(
-        self,
-        obs: jax.Array,
-        *,
-        use_noise: bool = True,
-        per_example_noise: bool = False,
-        noise: jax.Array | None = None,
+    def _head_dims(self, feature_dim: int) -> list[tuple[int, int]]:
+        hidden = self.head_hidden
+        return [(feature_dim, hidden), (hidden, self.num_actions), (hidden, 1)]
+
+    def _heads(
+        self, x: jax.Array, noise: list[jax.Array] | None, switches: dict
     ) -> tuple[jax.Array, jax.Array]:
-        """noise: a pre-drawn N(0, 1) sample (network_noise_size entries, per row if per-example)."""
-        kw = dict(use_noise=use_noise and self.noisy, per_example_noise=per_example_noise)
-        dense = dict(noisy=self.noisy, noise_type=self.noise_type, sigma0=self.sigma0)
-        torso_noisy = self.noisy and self.noisy_torso
-        torso = Torso(
-            self.torso, self.torso_hidden, torso_noisy, self.noise_type, self.sigma0, name="torso"
-        )
-
-        def head_dims(feature_dim: int) -> list[tuple[int, int]]:
-            hidden = self.head_hidden
-            return [(feature_dim, hidden), (hidden, self.num_actions), (hidden, 1)]
-
-        x, noise = _torso_and_head_noise(self, torso, obs, head_dims, **kw, noise=noise)
         shared_noise, policy_noise, value_noise = [None] * 3 if noise is None else noise
-        h = _Dense(self.head_hidden, name="shared_hidden", **dense)(x, **kw, noise=shared_noise)
-        h = nn.relu(h)
-        logits_BxA = _Dense(self.num_actions, name="policy", **dense)(h, **kw, noise=policy_noise)
-        value_B = _Dense(1, name="value", **dense)(h, **kw, noise=value_noise)[..., 0]
+        h = nn.relu(
+            self._dense(self.head_hidden, "shared_hidden")(x, **switches, noise=shared_noise)
+        )
+        logits_BxA = self._dense(self.num_actions, "policy")(h, **switches, noise=policy_noise)
+        value_B = self._dense(1, "value")(h, **switches, noise=value_noise)[..., 0]
         return logits_BxA, value_B
 
 
@@ -266,32 +264,26 @@ def _sigma0(config: ConfigDict) -> float | None:
     return None if sigma0 is None or sigma0 <= 0 else float(sigma0)
 
 
-def make_q_network(config: ConfigDict, num_actions: int) -> QNetwork:
-    """The Q network for config.agent.name "dqn" or "dueling" (dueling streams)."""
+def _network_fields(config: ConfigDict, num_actions: int) -> dict[str, Any]:
+    """The fields QNetwork and ActorCritic share, from config.network and config.agent."""
     net = config.network
-    return QNetwork(
+    return dict(
         num_actions=num_actions,
         torso=net.torso,
         torso_hidden=tuple(net.torso_hidden),
         head_hidden=int(net.head_hidden),
-        dueling=config.agent.name == "dueling",
         noisy=bool(config.agent.noisy),
         noisy_torso=bool(net.noisy_torso),
         noise_type=config.agent.noise_type,
         sigma0=_sigma0(config),
     )
+
+
+def make_q_network(config: ConfigDict, num_actions: int) -> QNetwork:
+    """The Q network for config.agent.name "dqn" or "dueling" (dueling streams)."""
+    return QNetwork(**_network_fields(config, num_actions), dueling=config.agent.name == "dueling")
 
 
 def make_actor_critic(config: ConfigDict, num_actions: int) -> ActorCritic:
     """The actor-critic network for config.agent.name "a2c"."""
-    net = config.network
-    return ActorCritic(
-        num_actions=num_actions,
-        torso=net.torso,
-        torso_hidden=tuple(net.torso_hidden),
-        head_hidden=int(net.head_hidden),
-        noisy=bool(config.agent.noisy),
-        noisy_torso=bool(net.noisy_torso),
-        noise_type=config.agent.noise_type,
-        sigma0=_sigma0(config),
-    )
+    return ActorCritic(**_network_fields(config, num_actions))

@@ -50,6 +50,31 @@ class Estimator(NamedTuple):
     pending_grads: Callable | None = None
 
 
+def scan_steps(
+    estimator: Estimator,
+    params,
+    masks,
+    readout_params,
+    state_S: jax.Array,
+    traces: dict,
+    xs_TxI: jax.Array,
+    ys_T: jax.Array,
+    keys_T: jax.Array,
+) -> tuple[jax.Array, dict, jax.Array]:
+    """estimator.step over a sequence in one lax.scan: (final state, final traces, losses_T)."""
+
+    def body(carry, inputs):
+        state_S, traces = carry
+        x_I, y, key = inputs
+        state_S, traces, _, loss, _ = estimator.step(
+            params, masks, readout_params, state_S, traces, x_I, y, key
+        )
+        return (state_S, traces), loss
+
+    (state_S, traces), losses_T = jax.lax.scan(body, (state_S, traces), (xs_TxI, ys_T, keys_T))
+    return state_S, traces, losses_T
+
+
 def _zeros_like(tree):
     return jax.tree.map(jnp.zeros_like, tree)
 
@@ -84,6 +109,13 @@ def _accumulate(traces: dict, grad_cell, grad_ro) -> dict:
         "grad_cell": jax.tree.map(jnp.add, traces["grad_cell"], grad_cell),
         "grad_readout": jax.tree.map(jnp.add, traces["grad_readout"], grad_ro),
     }
+
+
+def _step_output(new_S, new_traces: dict, loss, ready=None) -> tuple:
+    """A step's (state, traces, (cell grads, readout grads) so far, loss, ready); ready: True if None."""
+    if ready is None:
+        ready = jnp.array(True)
+    return new_S, new_traces, (new_traces["grad_cell"], new_traces["grad_readout"]), loss, ready
 
 
 def _base_traces(params, readout_params) -> dict:
@@ -161,7 +193,7 @@ def _make_tbptt(name: str, config: CellConfig, readout_loss: ReadoutLoss, window
             deltas=deltas,
             count=jnp.where(ready, 0, count + 1).astype(jnp.int32),
         )
-        return new_S, new_traces, (new_traces["grad_cell"], new_traces["grad_readout"]), loss, ready
+        return _step_output(new_S, new_traces, loss, ready)
 
     def pending_grads(params, masks, traces):
         return truncated_window_grads(config, params, masks, traces)
@@ -213,13 +245,7 @@ def _make_rtrl(config: CellConfig, readout_loss: ReadoutLoss) -> Estimator:
         )
         grad_cell = jax.tree.map(lambda j: jnp.tensordot(delta_S, j, axes=1), influence)
         new_traces = _accumulate({**traces, "influence": influence}, grad_cell, grad_ro)
-        return (
-            new_S,
-            new_traces,
-            (new_traces["grad_cell"], new_traces["grad_readout"]),
-            loss,
-            jnp.array(True),
-        )
+        return _step_output(new_S, new_traces, loss)
 
     return Estimator("rtrl", init_traces, step, _consume, _reset)
 
@@ -474,13 +500,7 @@ def _make_snap(config: CellConfig, readout_loss: ReadoutLoss, n: int, masks) -> 
             grad_rows = jnp.swapaxes(grad_UxGxC, 0, 1)
             grad_cell[name] = _scatter_columns(structure, name, grad_rows, leaf)
         new_traces = _accumulate({**traces, "influence": influence}, grad_cell, grad_ro)
-        return (
-            new_S,
-            new_traces,
-            (new_traces["grad_cell"], new_traces["grad_readout"]),
-            loss,
-            jnp.array(True),
-        )
+        return _step_output(new_S, new_traces, loss)
 
     estimator = Estimator(f"snap{n}", init_traces, step, _consume, _reset)
     return estimator
@@ -658,13 +678,7 @@ def _make_snap1(config: CellConfig, readout_loss: ReadoutLoss, masks) -> Estimat
             grad_cell[name] = accumulated
         new_traces = {**traces, "influence": influence, "grad_cell": grad_cell}
         new_traces["grad_readout"] = jax.tree.map(jnp.add, traces["grad_readout"], grad_ro)
-        return (
-            new_S,
-            new_traces,
-            (new_traces["grad_cell"], new_traces["grad_readout"]),
-            loss,
-            jnp.array(True),
-        )
+        return _step_output(new_S, new_traces, loss)
 
     return Estimator("snap1", _snap1_init_traces(config), step, _consume, _reset)
 
@@ -856,7 +870,7 @@ def _make_snap1_blocked(
             "grad_readout": jax.tree.map(jnp.add, traces["grad_readout"], grad_ro),
             "count": jnp.where(ready, 0, count + 1).astype(jnp.int32),
         }
-        return new_S, new_traces, (new_traces["grad_cell"], new_traces["grad_readout"]), loss, ready
+        return _step_output(new_S, new_traces, loss, ready)
 
     def pending_grads(params, masks, traces):
         """Cell gradient of the steps buffered since the last block end (zero if none)."""
@@ -904,13 +918,7 @@ def _make_uoro(config: CellConfig, readout_loss: ReadoutLoss, epsilon: float) ->
         new_traces = _accumulate(
             {**traces, "s_tilde": new_s_tilde, "theta_tilde": new_theta_tilde}, grad_cell, grad_ro
         )
-        return (
-            new_S,
-            new_traces,
-            (new_traces["grad_cell"], new_traces["grad_readout"]),
-            loss,
-            jnp.array(True),
-        )
+        return _step_output(new_S, new_traces, loss)
 
     return Estimator("uoro", init_traces, step, _consume, _reset)
 

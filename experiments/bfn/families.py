@@ -9,6 +9,7 @@ step, the evaluation protocol and the sampler) is shared in experiments/bfn/meth
 import functools
 import math
 import os
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -39,6 +40,47 @@ def _require_discrete_flow(config: ConfigDict, num_classes: int) -> None:
         )
 
 
+def _require_source(config: ConfigDict, sources: tuple[str, ...]) -> None:
+    """config.data.source is one the family's loader knows."""
+    if config.data.source not in sources:
+        raise ConfigError(
+            f"config.data.source={config.data.source!r} is not allowed: one of {sources}"
+        )
+
+
+def _epoch_batches(
+    config: ConfigDict,
+    num_examples: int,
+    make_batch: Callable[[np.ndarray, slice, np.random.Generator], dict],
+) -> EpochIterator:
+    """Shuffled epochs of config.train.batch_size examples; this process makes its rows only."""
+    batch_size = int(config.train.batch_size)
+    return EpochIterator(
+        num_examples=num_examples,
+        global_batch_size=batch_size,
+        make_batch=make_batch,
+        seed=int(config.seed),
+        process_rows=distributed.process_slice(batch_size),
+    )
+
+
+def _inpaint_top_half(config: ConfigDict) -> bool:
+    """Whether config.sample.inpaint asks for the top halves of test images clamped ('' = no)."""
+    mode = config.sample.get("inpaint", "")
+    if not mode:
+        return False
+    if mode != "top_half":
+        raise ConfigError(f"config.sample.inpaint={mode!r} is not allowed: '' or 'top_half'")
+    return True
+
+
+def _top_half_known(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, values) that clamp the top half of the rows of each image in values."""
+    mask = np.zeros_like(values, dtype=bool)
+    mask[:, : values.shape[1] // 2] = True
+    return mask, values
+
+
 class BinaryImages:
     """Dynamically binarised MNIST (K = 2): the official one-channel input [2 theta_1 - 1, 2t - 1]."""
 
@@ -57,10 +99,7 @@ class BinaryImages:
     def validate(self, config: ConfigDict) -> None:
         """Fields only this family reads."""
         _require_discrete_flow(config, self.num_classes)
-        if config.data.source not in mnist.SOURCES:
-            raise ConfigError(
-                f"config.data.source={config.data.source!r} is not allowed: one of {mnist.SOURCES}"
-            )
+        _require_source(config, mnist.SOURCES)
 
     def make_model(self) -> nn.Module:
         """The improved-diffusion U-Net with one Bernoulli logit per pixel."""
@@ -111,13 +150,7 @@ class BinaryImages:
             uniform = rng.random((len(indices), *intensities.shape[1:]), dtype=np.float32)[rows]
             return {"x": (uniform < intensities[indices[rows]]).astype(np.int32)}
 
-        return EpochIterator(
-            num_examples=data.num_examples,
-            global_batch_size=int(self.config.train.batch_size),
-            make_batch=make_batch,
-            seed=int(self.config.seed),
-            process_rows=distributed.process_slice(int(self.config.train.batch_size)),
-        )
+        return _epoch_batches(self.config, data.num_examples, make_batch)
 
     def eval_examples(self, data: mnist.ImageSplit, repeat: int) -> np.ndarray:
         """The test digits binarised afresh for each repeat (the official protocol)."""
@@ -137,17 +170,12 @@ class BinaryImages:
 
     def known_positions(self, num_samples: int) -> tuple[np.ndarray, np.ndarray] | None:
         """With sample.inpaint = "top_half": the top halves of binarised test digits, clamped."""
-        mode = self.config.sample.get("inpaint", "")
-        if not mode:
+        if not _inpaint_top_half(self.config):
             return None
-        if mode != "top_half":
-            raise ConfigError(f"config.sample.inpaint={mode!r} is not allowed: '' or 'top_half'")
         test = self.load("test")
         count = min(num_samples, test.num_examples)
         digits = np.resize(self.eval_examples(test, 0)[:count], (num_samples, *self.variable_shape))
-        mask = np.zeros_like(digits, dtype=bool)
-        mask[:, : self.variable_shape[0] // 2] = True
-        return mask, digits
+        return _top_half_known(digits)
 
     def write_samples(
         self, samples: np.ndarray, probs: np.ndarray, out_dir: str, stem: str
@@ -182,10 +210,7 @@ class Text8:
         from deepgen.data import text8
 
         _require_discrete_flow(config, self.num_classes)
-        if config.data.source not in text8.SOURCES:
-            raise ConfigError(
-                f"config.data.source={config.data.source!r} is not allowed: one of {text8.SOURCES}"
-            )
+        _require_source(config, text8.SOURCES)
         if config.data.seq_len > config.model.max_len:
             raise ConfigError(
                 f"config.data.seq_len={config.data.seq_len} is longer than "
@@ -241,13 +266,7 @@ class Text8:
         def make_batch(indices: np.ndarray, rows: slice, rng: np.random.Generator) -> dict:
             return {"x": text8.take_windows(tokens, indices[rows], seq_len).astype(np.int32)}
 
-        return EpochIterator(
-            num_examples=self.num_examples(data),
-            global_batch_size=int(self.config.train.batch_size),
-            make_batch=make_batch,
-            seed=int(self.config.seed),
-            process_rows=distributed.process_slice(int(self.config.train.batch_size)),
-        )
+        return _epoch_batches(self.config, self.num_examples(data), make_batch)
 
     @functools.cache  # noqa: B019  (one family object per run)
     def _windows(self, data) -> np.ndarray:
@@ -348,11 +367,7 @@ class ColourImages:
             raise ConfigError(f"config.bfn.num_bins={self.num_bins!r} is not allowed: 16 or 256")
         if not 0 < config.bfn.sigma1 < 1:
             raise ConfigError(f"config.bfn.sigma1={config.bfn.sigma1!r} is not allowed: in (0, 1)")
-        if config.data.source not in cifar10.SOURCES:
-            raise ConfigError(
-                f"config.data.source={config.data.source!r} is not allowed: one of "
-                f"{cifar10.SOURCES}"
-            )
+        _require_source(config, cifar10.SOURCES)
         if config.model.embedding_dim % config.model.num_groups:
             raise ConfigError(
                 f"config.model.embedding_dim={config.model.embedding_dim} is not divisible by "
@@ -411,13 +426,7 @@ class ColourImages:
         def make_batch(indices: np.ndarray, rows: slice, rng: np.random.Generator) -> dict:
             return {"x": images[indices[rows]]}
 
-        return EpochIterator(
-            num_examples=len(images),
-            global_batch_size=int(self.config.train.batch_size),
-            make_batch=make_batch,
-            seed=int(self.config.seed),
-            process_rows=distributed.process_slice(int(self.config.train.batch_size)),
-        )
+        return _epoch_batches(self.config, len(images), make_batch)
 
     def eval_examples(self, data, repeat: int) -> np.ndarray:
         """The test images; repeats redraw t and the flow."""
@@ -444,16 +453,10 @@ class ColourImages:
 
     def known_positions(self, num_samples: int) -> tuple[np.ndarray, np.ndarray] | None:
         """With sample.inpaint = "top_half": the top halves of test images, clamped."""
-        mode = self.config.sample.get("inpaint", "")
-        if not mode:
+        if not _inpaint_top_half(self.config):
             return None
-        if mode != "top_half":
-            raise ConfigError(f"config.sample.inpaint={mode!r} is not allowed: '' or 'top_half'")
         images = self._as_bins(self.load("test"))
-        values = np.resize(images[:num_samples], (num_samples, *self.variable_shape))
-        mask = np.zeros_like(values, dtype=bool)
-        mask[:, : self.variable_shape[0] // 2] = True
-        return mask, values
+        return _top_half_known(np.resize(images[:num_samples], (num_samples, *self.variable_shape)))
 
     def write_samples(
         self, samples: np.ndarray, probs: np.ndarray, out_dir: str, stem: str

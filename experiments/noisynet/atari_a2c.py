@@ -174,15 +174,8 @@ class AtariA2C(AtariHostMethod):
         )
         return batch, obs_ExHxWxS, finished
 
-    def train(self, workdir: str, built: tuple) -> A2CLearner:
-        """Roll out the emulators and learn from each rollout, from the restored `built`."""
-        checkpointer = built[3]
-        try:
-            return self._train(workdir, built)
-        finally:
-            checkpointer.close()
-
     def _train(self, workdir: str, built: tuple) -> A2CLearner:
+        """Roll out the emulators and learn from each rollout, from the restored `built`."""
         config = self.config
         per_update = self.num_envs * self.rollout_len
         clip = bool(config.env.get("clip_rewards", True))

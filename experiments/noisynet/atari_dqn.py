@@ -34,6 +34,7 @@ from experiments.noisynet.atari_host import (
     cached_jitted_agent,
     shared_init_state,
 )
+from experiments.noisynet.checks import check_dqn_learner
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,7 @@ class AtariDQN(AtariHostMethod):
         """Exploration, learner and replay fields; whole agent steps per chunk."""
         agent = config.agent
         check(agent.name in ("dqn", "dueling"), "agent.name", "'dqn' or 'dueling' here")
-        for name in ("epsilon_start", "epsilon_end", "epsilon_eval"):
-            check.in_unit_interval(f"agent.{name}", closed=True)
-        check.non_negative("agent.epsilon_decay_steps", "agent.learning_starts")
-        check.positive(
-            "agent.target_update_period",
-            "agent.batch_size",
-            "agent.huber_delta",
-            "agent.env_steps_per_update",
-        )
+        check_dqn_learner(check)
         num_envs, stack = int(config.env.num_envs), int(config.env.frame_stack)
         check(
             int(config.replay.capacity) // num_envs > stack + 1,
@@ -122,15 +115,8 @@ class AtariDQN(AtariHostMethod):
     def eval_extra(self, state: LearnerState) -> dict:
         return {"learn_steps_trained": int(jax.device_get(state.learn_steps))}
 
-    def train(self, workdir: str, built: tuple) -> LearnerState:
-        """Step the emulators, fill the replay and learn, from the restored `built`."""
-        checkpointer = built[3]
-        try:
-            return self._train(workdir, built)
-        finally:
-            checkpointer.close()
-
     def _train(self, workdir: str, built: tuple) -> LearnerState:
+        """Step the emulators, fill the replay and learn, from the restored `built`."""
         config = self.config
         num_envs = self.num_envs
         per_update = int(config.agent.env_steps_per_update)

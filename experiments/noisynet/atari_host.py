@@ -45,8 +45,8 @@ from deepgen.core.train_loop import Unit
 from deepgen.core.validate import Checker
 from deepgen.noisynet import atari_scores
 from deepgen.noisynet.atari import AtariVecEnv, env_options, eval_episodes, rom_id, validate_atari
-from deepgen.noisynet.layers import NOISE_TYPES
 from experiments.contract import Method
+from experiments.noisynet.checks import check_noise_and_discount
 from experiments.noisynet.curves import learning_curve, save_learning_curves
 
 EVAL_STREAM = 4  # rng stream of evaluation (emulator seeds, action keys) folded into the seed
@@ -122,7 +122,7 @@ class AtariHostMethod(Method):
 
     A subclass sets `host_dir`, `count_name` (its optimisation steps in a window), `metric_names`
     (learner metrics logged as window means) and `shown` (on the progress line), and provides
-    `_init` (the jitted `init(rng, obs_example)`), `train`, `eval_actions` and `agent_label`.
+    `_init` (the jitted `init(rng, obs_example)`), `_train`, `eval_actions` and `agent_label`.
     """
 
     name = "noisynet"
@@ -136,9 +136,7 @@ class AtariHostMethod(Method):
         """The whole Atari validation: shared agent fields, the ALE fields, then the loop's."""
         validate_atari(config)
         check = Checker(config)
-        check.one_of("agent.noise_type", NOISE_TYPES)
-        check(config.agent.sigma0 >= 0, "agent.sigma0", "a number >= 0 (0 = the paper's value)")
-        check.in_unit_interval("agent.gamma", closed=True)
+        check_noise_and_discount(check)
         check(config.network.torso == "nature", "network.torso", "'nature' for ALE games")
         check.positive("network.head_hidden", "train.steps_per_chunk", "ckpt.keep")
         check.optimiser()
@@ -184,6 +182,18 @@ class AtariHostMethod(Method):
         if not hasattr(self, "_mesh"):
             self._mesh = mesh_lib.make_mesh(self.config.mesh, num_devices=1)
         return self._mesh
+
+    def train(self, workdir: str, built: tuple) -> Any:
+        """Run the host loop from the restored `built`; its checkpointer is closed at the end."""
+        checkpointer = built[3]
+        try:
+            return self._train(workdir, built)
+        finally:
+            checkpointer.close()
+
+    def _train(self, workdir: str, built: tuple) -> Any:
+        """The host loop: act, step the emulators and learn, advancing a HostRun to the end."""
+        raise NotImplementedError
 
     def agent_label(self) -> str:
         """How runs of this config are named in curves and eval lines (NoisyNet-DQN, A2C...)."""

@@ -27,10 +27,10 @@ from deepgen.core import metrics
 from deepgen.core.errors import DataError
 from deepgen.core.train_loop import Unit
 from deepgen.core.validate import Checker
-from deepgen.noisynet.layers import NOISE_TYPES
 from deepgen.noisynet.networks import TORSOS
 from deepgen.noisynet.trainer import AGENTS, make_trainer, update_schedule
 from experiments.contract import Method
+from experiments.noisynet.checks import check_dqn_learner, check_noise_and_discount
 from experiments.noisynet.curves import learning_curve, save_learning_curves
 
 GYMNAX_ENVS = {
@@ -50,19 +50,11 @@ def is_atari(config: ConfigDict) -> bool:
 def validate_agent(config: ConfigDict) -> None:
     """The fields gymnax and Atari share: agent, network, env.num_envs, train, eval, opt."""
     check = Checker(config)
-    agent, train = config.agent, config.train
+    train = config.train
     check.one_of("agent.name", AGENTS)
-    check.one_of("agent.noise_type", NOISE_TYPES)
-    check(agent.sigma0 >= 0, "agent.sigma0", "a number >= 0 (0 = the paper's value)")
-    check.in_unit_interval("agent.gamma", closed=True)
-    for name in ("epsilon_start", "epsilon_end", "epsilon_eval"):
-        check.in_unit_interval(f"agent.{name}", closed=True)
-    check.non_negative("agent.epsilon_decay_steps", "agent.learning_starts")
+    check_noise_and_discount(check)
+    check_dqn_learner(check)
     check.positive(
-        "agent.target_update_period",
-        "agent.batch_size",
-        "agent.huber_delta",
-        "agent.env_steps_per_update",
         "network.head_hidden",
         "env.num_envs",
         "train.num_seeds",

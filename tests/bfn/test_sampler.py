@@ -30,6 +30,23 @@ class _Recorder:
         self.t.append(float(np.asarray(t_B)[0]))
         self.mu = np.asarray(mu)  # the last call is the t = 1 readout
 
+    def wrap(self, network_fn):
+        """network_fn, recording every call."""
+
+        def recorded(mu, t_B, rng):
+            self(mu, t_B)
+            return network_fn(mu, t_B, rng)
+
+        return recorded
+
+
+def _assert_flow_at_t1(mu_final: np.ndarray, data: np.ndarray) -> None:
+    """mu ~ N(gamma_1 x, gamma_1 (1 - gamma_1)): every sender came from the data x."""
+    gamma_1 = 1 - SIGMA1**2
+    z = (mu_final - gamma_1 * data) / np.sqrt(gamma_1 * SIGMA1**2)
+    assert abs(z.mean()) < 4 / np.sqrt(z.size)
+    np.testing.assert_allclose(z.var(), 1.0, rtol=0.1)
+
 
 def _data_scale(t_B: jax.Array, ndim: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(gamma, 1 - gamma, sqrt((1 - gamma)/gamma)) at t clamped to 1e-6, as the library computes them."""
@@ -156,14 +173,10 @@ def test_continuous_clamping_fixes_known_positions_and_leaves_the_rest_alone():
     values = _uniform(11, (batch, dims))
     recorder = _Recorder()
 
-    def eps_fn(mu, t_B, rng):
-        recorder(mu, t_B)
-        return _noise_eps_fn(mu, t_B, rng)
-
     @jax.jit
     def run(rng, known_mask, known_values):
         return sampler.sample_continuous(
-            eps_fn,
+            recorder.wrap(_noise_eps_fn),
             rng=rng,
             batch_size=batch,
             variable_shape=(dims,),
@@ -184,10 +197,7 @@ def test_continuous_clamping_fixes_known_positions_and_leaves_the_rest_alone():
     np.testing.assert_array_equal(clamped[~m], free[~m])
     assert np.mean(free[~m] != free_other_seed[~m]) > 0.9  # (x_hat is clipped to [-1, 1])
     # every sender at a known position came from its value: mu_n follows the flow at t = 1
-    gamma_1 = 1 - SIGMA1**2
-    z = (mu_final[m] - gamma_1 * np.asarray(values)[m]) / np.sqrt(gamma_1 * SIGMA1**2)
-    assert abs(z.mean()) < 4 / np.sqrt(z.size)
-    np.testing.assert_allclose(z.var(), 1.0, rtol=0.1)
+    _assert_flow_at_t1(mu_final[m], np.asarray(values)[m])
 
 
 def test_discretised_clamping_fixes_known_positions_and_sends_their_bin_centres():
@@ -196,14 +206,10 @@ def test_discretised_clamping_fixes_known_positions_and_sends_their_bin_centres(
     values = _uniform(21, (batch, dims))
     recorder = _Recorder()
 
-    def output_fn(mu, t_B, rng):
-        recorder(mu, t_B)
-        return _noise_output_fn(mu, t_B, rng)
-
     @jax.jit
     def run(rng, known_mask):
         return sampler.sample_discretised(
-            output_fn,
+            recorder.wrap(_noise_output_fn),
             rng=rng,
             batch_size=batch,
             variable_shape=(dims,),
@@ -228,11 +234,7 @@ def test_discretised_clamping_fixes_known_positions_and_sends_their_bin_centres(
     assert np.isin(free, np.asarray(continuous.bin_centres(NUM_BINS))).all()
     assert np.mean(free[~m] != free_other_seed[~m]) > 0.5
     # the senders at known positions used the bin centre (up to 1/16 away from the raw value)
-    gamma_1 = 1 - SIGMA1**2
-    centres = np.asarray(continuous.quantise(values, NUM_BINS))[m]
-    z = (mu_final[m] - gamma_1 * centres) / np.sqrt(gamma_1 * SIGMA1**2)
-    assert abs(z.mean()) < 4 / np.sqrt(z.size)
-    np.testing.assert_allclose(z.var(), 1.0, rtol=0.1)
+    _assert_flow_at_t1(mu_final[m], np.asarray(continuous.quantise(values, NUM_BINS))[m])
 
 
 def test_discrete_clamping_fixes_known_positions_and_leaves_the_rest_alone():

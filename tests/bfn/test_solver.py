@@ -44,21 +44,6 @@ def _oracle_net(rows_MxD: np.ndarray, num_classes: int):
     return log_probs_fn
 
 
-def _run(name, log_probs_fn, *, rng, batch, shape, num_classes, n_steps, beta1, **kw):
-    fn = functools.partial(
-        solver.sample_discrete,
-        log_probs_fn,
-        batch_size=batch,
-        variable_shape=shape,
-        num_classes=num_classes,
-        n_steps=n_steps,
-        beta1=beta1,
-        solver=name,
-        **kw,
-    )
-    return jax.jit(lambda r: fn(rng=r))(rng)
-
-
 def _integrate(name, log_probs_fn, *, rng, batch, shape, num_classes, n_steps, beta1):
     fn = functools.partial(
         solver.integrate_discrete,
@@ -198,35 +183,41 @@ def _order(errors: list[float]) -> np.ndarray:
     return np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:]))
 
 
+def _errors_against_n320(integrate, names, ns, rng) -> dict[str, list[float]]:
+    """RMS distance of each solver's integrate(rng, n, name) at every n to its n = 320 result."""
+
+    def all_solvers(n):  # one compilation per n for all the solvers
+        run = lambda r: [integrate(r, n, name) for name in names]
+        return [np.asarray(y, np.float64) for y in jax.jit(run)(rng)]
+
+    reference = all_solvers(320)
+    runs = [all_solvers(n) for n in ns]
+    return {
+        name: [float(np.sqrt(np.mean((run[j] - reference[j]) ** 2))) for run in runs]
+        for j, name in enumerate(names)
+    }
+
+
 def test_second_order_ode_solver_converges_at_order_two():
     # A network whose output depends on y and t: self-convergence against n = 320 with the same
     # start z_0 (same rng). Halving the step should halve ode1's error and quarter ode2's.
     num_classes, beta1 = 4, 2.0
     net = _mixing_net(num_classes, seed=11)
-    names, ns = ("ode1", "ode2"), [5, 10, 20]
-
-    def both(n):  # one compilation per n for the two solvers
-        run = lambda r: [
-            solver.integrate_discrete(
-                net,
-                rng=r,
-                batch_size=4,
-                variable_shape=(8,),
-                num_classes=num_classes,
-                n_steps=n,
-                beta1=beta1,
-                solver=name,
-            )
-            for name in names
-        ]
-        return [np.asarray(y, np.float64) for y in jax.jit(run)(jax.random.key(9))]
-
-    reference = both(320)
-    runs = [both(n) for n in ns]
-    errors = {
-        name: [float(np.sqrt(np.mean((run[j] - reference[j]) ** 2))) for run in runs]
-        for j, name in enumerate(names)
-    }
+    errors = _errors_against_n320(
+        lambda r, n, name: solver.integrate_discrete(
+            net,
+            rng=r,
+            batch_size=4,
+            variable_shape=(8,),
+            num_classes=num_classes,
+            n_steps=n,
+            beta1=beta1,
+            solver=name,
+        ),
+        ("ode1", "ode2"),
+        [5, 10, 20],
+        jax.random.key(9),
+    )
     order1, order2 = _order(errors["ode1"]), _order(errors["ode2"])
     assert np.all(np.abs(order1 - 1.0) < 0.25), (errors, order1)
     assert np.all(np.abs(order2 - 2.0) < 0.35), (errors, order2)
@@ -372,29 +363,20 @@ def test_continuous_second_order_ode_solver_has_the_smaller_error():
     # where sqrt(beta(t)) ~ sqrt(t) is not smooth in t, and its local error is O(beta(t_1)) = O(1/n).
     w = jax.random.normal(jax.random.key(2), (8, 8)) / np.sqrt(8.0)
     x_hat_fn = lambda mu, t_B, rng: jnp.tanh(mu @ w + 0.5 * t_B[:, None] - 0.2)
-    names = ("ode1", "ode2")
-
-    def both(n):
-        run = lambda r: [
-            solver.integrate_continuous(
-                x_hat_fn,
-                rng=r,
-                batch_size=4,
-                variable_shape=(8,),
-                n_steps=n,
-                sigma1=SIGMA1,
-                solver=name,
-            )
-            for name in names
-        ]
-        return [np.asarray(mu, np.float64) for mu in jax.jit(run)(jax.random.key(0))]
-
-    reference = both(320)
-    runs = [both(n) for n in (5, 10, 20)]
-    errors = {
-        name: [float(np.sqrt(np.mean((run[j] - reference[j]) ** 2))) for run in runs]
-        for j, name in enumerate(names)
-    }
+    errors = _errors_against_n320(
+        lambda r, n, name: solver.integrate_continuous(
+            x_hat_fn,
+            rng=r,
+            batch_size=4,
+            variable_shape=(8,),
+            n_steps=n,
+            sigma1=SIGMA1,
+            solver=name,
+        ),
+        ("ode1", "ode2"),
+        [5, 10, 20],
+        jax.random.key(0),
+    )
     assert np.all(np.abs(_order(errors["ode1"]) - 1.0) < 0.25), errors
     assert all(e2 < 0.75 * e1 for e1, e2 in zip(errors["ode1"], errors["ode2"], strict=True)), (
         errors

@@ -254,6 +254,22 @@ class FakeClock:
         return self.now
 
 
+def _fake_progress(
+    total_steps: int, examples_per_step: int, *, use_bar: bool
+) -> tuple[Progress, FakeClock, io.StringIO]:
+    """A Progress from step 0 on a fake clock, writing to a string; (progress, clock, stream)."""
+    clock, stream = FakeClock(), io.StringIO()
+    progress = Progress(
+        total_steps=total_steps,
+        start_step=0,
+        examples_per_step=examples_per_step,
+        stream=stream,
+        use_bar=use_bar,
+        clock=clock,
+    )
+    return progress, clock, stream
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [(0, "0s"), (45.4, "45s"), (59.6, "1m00s"), (308, "5m08s"), (7380, "2h03m"), (-3, "0s")],
@@ -267,15 +283,7 @@ def test_format_duration_unknown():
 
 
 def test_progress_line_mode_rates_and_eta():
-    clock, stream = FakeClock(), io.StringIO()
-    progress = Progress(
-        total_steps=5000,
-        start_step=0,
-        examples_per_step=512,
-        stream=stream,
-        use_bar=False,
-        clock=clock,
-    )
+    progress, clock, stream = _fake_progress(5000, 512, use_bar=False)
     clock.now += 30.0  # The first, compiling step: excluded from the rate by mark().
     progress.mark(1)
     clock.now += 95.92  # 1199 steps in 95.92 s = 12.5 steps/s.
@@ -299,15 +307,7 @@ def test_progress_without_elapsed_time_omits_rates():
 
 
 def test_progress_bar_mode():
-    clock, stream = FakeClock(), io.StringIO()
-    progress = Progress(
-        total_steps=100,
-        start_step=0,
-        examples_per_step=8,
-        stream=stream,
-        use_bar=True,
-        clock=clock,
-    )
+    progress, clock, stream = _fake_progress(100, 8, use_bar=True)
     clock.now += 5.0
     first = progress.update(25, {"loss": 1.0})
     assert (

@@ -11,24 +11,17 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from loader_checks import (
+    assert_one_line_error,
+    pretend_prepared_tfds,
+    row_set,
+    tfds_read_failure,
+    unprepared_tfds_error,
+)
 
 from deepgen.bfn import continuous
 from deepgen.core.errors import ConfigError, DataError
-from deepgen.data import cifar10, sources
-
-
-def assert_one_line_error(error: Exception, *fragments: str) -> None:
-    """The message is one line and mentions every fragment."""
-    message = str(error)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-
-
-def row_set(images: np.ndarray) -> set[bytes]:
-    """Each image as bytes, for disjointness checks."""
-    return {image.tobytes() for image in images}
-
+from deepgen.data import cifar10
 
 # ----------------------------------------------------------------------------------------------
 # Embedded photo crops
@@ -311,15 +304,6 @@ def test_bad_options_are_config_errors(kwargs: dict, fragment: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _pretend_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
-    """tfds mocks keep is_prepared() False; skip that check and describe the mock instead."""
-    monkeypatch.setattr(
-        sources,
-        "describe_prepared_tfds",
-        lambda name, data_dir, alternative="": f"{name}:mock in {data_dir}",
-    )
-
-
 def _fake_examples(split: str) -> list[dict]:
     """Deterministic examples in the TFDS cifar10 feature layout (id, image HxWx3, label)."""
     num_examples = {"train": 30, "test": 7}[split]
@@ -339,7 +323,7 @@ def _fake_as_data_source(builder, split, **unused_kwargs) -> list[dict]:
 
 def test_tfds_cifar10_through_data_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
-    _pretend_prepared(monkeypatch)
+    pretend_prepared_tfds(monkeypatch)
     (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)
     with tfds.testing.mock_data(as_data_source_fn=_fake_as_data_source):
         train = cifar10.load_cifar10("train", data_dir=str(tmp_path), source="tfds")
@@ -364,7 +348,7 @@ def test_tfds_real_array_record_source_with_mocked_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
-    _pretend_prepared(monkeypatch)
+    pretend_prepared_tfds(monkeypatch)
     policy = tfds.testing.MockPolicy.USE_CODE
     with tfds.testing.mock_data(num_examples=20, policy=policy):
         train = cifar10.load_cifar10("train", data_dir=str(tmp_path), source="tfds")
@@ -376,12 +360,11 @@ def test_tfds_real_array_record_source_with_mocked_reader(
 
 
 def test_unprepared_tfds_dir_gives_build_hint(tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow_datasets")
-    (tmp_path / "cifar10").mkdir()
-    with pytest.raises(DataError) as caught:
-        cifar10.load_cifar10("test", data_dir=str(tmp_path))  # auto -> tfds, not prepared
+    error = unprepared_tfds_error(  # auto -> tfds, not prepared
+        tmp_path / "cifar10", lambda: cifar10.load_cifar10("test", data_dir=str(tmp_path))
+    )
     assert_one_line_error(
-        caught.value,
+        error,
         f"tfds build cifar10 --data_dir={tmp_path} --file_format=array_record",
         "not prepared",
     )
@@ -390,18 +373,10 @@ def test_unprepared_tfds_dir_gives_build_hint(tmp_path: Path) -> None:
 def test_tfds_read_failure_is_one_line_data_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tfds = pytest.importorskip("tensorflow_datasets")
-    _pretend_prepared(monkeypatch)
-
-    def unsupported_format(builder, split, **unused_kwargs):
-        raise NotImplementedError("Random access for TFRECORD is not supported.\n\t* details")
-
-    with (
-        tfds.testing.mock_data(as_data_source_fn=unsupported_format),
-        pytest.raises(DataError) as caught,
-    ):
-        cifar10.load_cifar10("test", data_dir=str(tmp_path), source="tfds")
-    assert_one_line_error(caught.value, "tfds build cifar10", "TFRECORD")
+    error = tfds_read_failure(
+        monkeypatch, lambda: cifar10.load_cifar10("test", data_dir=str(tmp_path), source="tfds")
+    )
+    assert_one_line_error(error, "tfds build cifar10", "TFRECORD")
 
 
 # ----------------------------------------------------------------------------------------------

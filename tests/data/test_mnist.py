@@ -10,9 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loader_checks import (
+    assert_one_line_error,
+    pretend_prepared_tfds,
+    row_set,
+    tfds_read_failure,
+    unprepared_tfds_error,
+)
 
 from deepgen.core.errors import ConfigError, DataError
-from deepgen.data import mnist, sources
+from deepgen.data import mnist
 
 REAL_MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/mnist"
 REAL_TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
@@ -37,19 +44,6 @@ def synthetic_digits(num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray
     pixels_NxHxW = rng.integers(0, 256, size=(num_images, 28, 28), dtype=np.uint8)
     labels_N = rng.integers(0, 10, size=num_images, dtype=np.uint8)
     return pixels_NxHxW, labels_N
-
-
-def assert_one_line_error(error: Exception, *fragments: str) -> None:
-    """The message is one line and mentions every fragment."""
-    message = str(error)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-
-
-def row_set(images_NxHxW: np.ndarray) -> set[bytes]:
-    """Each image as bytes, for disjointness checks."""
-    return {image.tobytes() for image in images_NxHxW}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,15 +306,6 @@ def test_bad_options_are_config_errors(kwargs: dict, fragment: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _pretend_prepared(monkeypatch: pytest.MonkeyPatch) -> None:
-    """tfds mocks keep is_prepared() False; skip that check and describe the mock instead."""
-    monkeypatch.setattr(
-        sources,
-        "describe_prepared_tfds",
-        lambda name, data_dir, alternative="": f"{name}:mock in {data_dir}",
-    )
-
-
 def _fake_examples(dataset_name: str, split: str) -> list[dict]:
     """Small deterministic examples in the TFDS mnist / binarized_mnist feature layout."""
     seed = {"train": 10, "validation": 11, "test": 12}[split]
@@ -340,7 +325,7 @@ def _fake_as_data_source(builder, split, **unused_kwargs) -> list[dict]:
 
 def test_tfds_mnist_through_data_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
-    _pretend_prepared(monkeypatch)
+    pretend_prepared_tfds(monkeypatch)
     (tmp_path / "mnist" / "3.0.1").mkdir(parents=True)
     with tfds.testing.mock_data(as_data_source_fn=_fake_as_data_source):
         train = mnist.load_mnist("train", data_dir=str(tmp_path), source="tfds")
@@ -366,7 +351,7 @@ def test_tfds_binarized_mnist_through_data_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
-    _pretend_prepared(monkeypatch)
+    pretend_prepared_tfds(monkeypatch)
     (tmp_path / "binarized_mnist").mkdir()
     with tfds.testing.mock_data(as_data_source_fn=_fake_as_data_source):
         validation = mnist.load_mnist("validation", name="binarized_mnist", data_dir=str(tmp_path))
@@ -383,7 +368,7 @@ def test_tfds_real_array_record_data_source_with_mocked_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
-    _pretend_prepared(monkeypatch)
+    pretend_prepared_tfds(monkeypatch)
     policy = tfds.testing.MockPolicy.USE_CODE
     with tfds.testing.mock_data(num_examples=200, policy=policy):
         validation = mnist.load_mnist("validation", data_dir=str(tmp_path), source="tfds")
@@ -399,27 +384,18 @@ def test_tfds_real_array_record_data_source_with_mocked_reader(
 def test_tfds_read_failure_is_one_line_data_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tfds = pytest.importorskip("tensorflow_datasets")
-    _pretend_prepared(monkeypatch)
-
-    def unsupported_format(builder, split, **unused_kwargs):
-        raise NotImplementedError("Random access for TFRECORD is not supported.\n\t* details")
-
-    with (
-        tfds.testing.mock_data(as_data_source_fn=unsupported_format),
-        pytest.raises(DataError) as caught,
-    ):
-        mnist.load_mnist("test", data_dir=str(tmp_path), source="tfds")
-    assert_one_line_error(caught.value, "tfds build mnist", "--file_format=array_record")
+    error = tfds_read_failure(
+        monkeypatch, lambda: mnist.load_mnist("test", data_dir=str(tmp_path), source="tfds")
+    )
+    assert_one_line_error(error, "tfds build mnist", "--file_format=array_record")
 
 
 def test_unprepared_tfds_dir_gives_build_hint(tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow_datasets")
-    (tmp_path / "mnist").mkdir()
-    with pytest.raises(DataError) as caught:
-        mnist.load_mnist("train", data_dir=str(tmp_path))  # auto -> tfds, not prepared
+    error = unprepared_tfds_error(  # auto -> tfds, not prepared
+        tmp_path / "mnist", lambda: mnist.load_mnist("train", data_dir=str(tmp_path))
+    )
     assert_one_line_error(
-        caught.value,
+        error,
         f"tfds build mnist --data_dir={tmp_path} --file_format=array_record",
         "not prepared",
     )

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loader_checks import assert_one_line_error
 
 from deepgen.core.errors import ConfigError, DataError
 from deepgen.data import text8
 
 EMBEDDED_NUM_CHARS = 3_085_829  # wikifil.pl (perl) gives the same 3,085,829 characters
-
-
-def assert_one_line_error(error: Exception, *fragments: str) -> None:
-    """The message is one line and mentions every fragment."""
-    message = str(error)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
 
 
 def random_text(num_chars: int, seed: int) -> str:

@@ -24,15 +24,10 @@ from experiments import runner
 
 ale_py = pytest.importorskip("ale_py", reason="ale-py (Atari emulator) is not installed")
 
+from atari_test_support import ALE_ERROR, needs_ale, signal_on_call  # noqa: E402
+
 from deepgen.noisynet import atari  # noqa: E402
 from experiments.noisynet.atari import AtariDQN  # noqa: E402
-
-ALE_ERROR = ""
-try:  # ROMs ship inside the wheel; a broken install should skip, not fail, these tests
-    atari.AtariEnv("pong", seed=0)
-except Exception as error:
-    ALE_ERROR = f"ale-py cannot load the Pong ROM: {error}"
-needs_ale = pytest.mark.skipif(bool(ALE_ERROR), reason=ALE_ERROR or "ale-py loads")
 
 
 def _bare_ale(game: str) -> "ale_py.ALEInterface":
@@ -290,15 +285,7 @@ def trained(tmp_path_factory):
     status["resumed_first"] = _run(_tiny_config(1), resumed)
     status["resumed"] = _run(_tiny_config(2), resumed)
 
-    step_fn = atari.AtariVecEnv.step
-    calls = []
-
-    def step_then_sigterm(self, actions):
-        calls.append(1)
-        if len(calls) == 70:
-            signal.raise_signal(signal.SIGTERM)
-        return step_fn(self, actions)
-
+    step_then_sigterm = signal_on_call(atari.AtariVecEnv.step, 70, signal.SIGTERM)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(atari.AtariVecEnv, "step", step_then_sigterm)
         status["stopped_first"] = _run(_tiny_config(2), stopped)
@@ -328,15 +315,7 @@ def test_resume_and_sigterm_give_the_numbers_of_an_uninterrupted_run(trained):
 
 @needs_ale
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
-    step_fn = atari.AtariVecEnv.step
-    calls = []
-
-    def step_then_sigint(self, actions):
-        calls.append(1)
-        if len(calls) == 10:
-            signal.raise_signal(signal.SIGINT)
-        return step_fn(self, actions)
-
+    step_then_sigint = signal_on_call(atari.AtariVecEnv.step, 10, signal.SIGINT)
     monkeypatch.setattr(atari.AtariVecEnv, "step", step_then_sigint)
     assert _run(_tiny_config(1), tmp_path) == 128 + signal.SIGINT
     assert "interrupted at env_steps 10" in capsys.readouterr().out
@@ -373,7 +352,7 @@ def test_eval_reports_the_env_steps_of_the_checkpoint_not_of_the_config(trained,
     # One episode: no standard error, and the printed line says the same as eval.json.
     assert report["mean_return_stderr"] is None and "nan" not in line
     assert "stderr none: 1 episode" in line
-    assert (trained.straight / "evals" / "eval_fresh_episodes_step96.json").exists()
+    assert list((trained.straight / "evals").glob("eval_fresh_episodes_*_step96.json"))
 
     assert _run(_tiny_config(2), trained.straight, mode="eval", step=48) == 0
     report = json.loads((trained.straight / "eval.json").read_text())

@@ -23,16 +23,11 @@ from experiments import main as entry
 
 ale_py = pytest.importorskip("ale_py", reason="ale-py (Atari emulator) is not installed")
 
+from atari_test_support import ALE_ERROR, needs_ale, signal_on_call  # noqa: E402
+
 from deepgen.noisynet import atari  # noqa: E402
 from experiments.noisynet import atari_a2c  # noqa: E402
 from experiments.noisynet.atari import AtariA2C  # noqa: E402
-
-ALE_ERROR = ""
-try:  # ROMs ship inside the wheel; a broken install should skip, not fail, these tests
-    atari.AtariEnv("pong", seed=0)
-except Exception as error:
-    ALE_ERROR = f"ale-py cannot load the Pong ROM: {error}"
-needs_ale = pytest.mark.skipif(bool(ALE_ERROR), reason=ALE_ERROR or "ale-py loads")
 
 VARIANT = "configs/noisynet.py:atari_a2c_smoke"
 COMPARED = (
@@ -99,15 +94,8 @@ def trained(tmp_path_factory):
     shutil.rmtree(resumed / "checkpoints" / "80")  # the rerun resumes from env step 40
     out.status["resumed"] = _main(resumed)
 
-    step_fn = atari.AtariEnv.step
-    calls = []
-
-    def step_then_sigterm(self, action):
-        calls.append(1)
-        if len(calls) == 2 * 5 * 5 + 3:  # inside the 6th rollout (2 envs x 5 steps each)
-            signal.raise_signal(signal.SIGTERM)
-        return step_fn(self, action)
-
+    # inside the 6th rollout (2 envs x 5 steps each)
+    step_then_sigterm = signal_on_call(atari.AtariEnv.step, 2 * 5 * 5 + 3, signal.SIGTERM)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(atari.AtariEnv, "step", step_then_sigterm)
         out.status["stopped_first"] = _main(stopped)

@@ -13,11 +13,9 @@ from deepgen.snap.estimators import snap_reach, structural_adjacency
 
 @pytest.fixture(autouse=True)
 def _float64():
-    """float64 for exact comparisons; the previous setting is restored afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    """float64 for exact comparisons, for this test only."""
+    with jax.enable_x64(True):
+        yield
 
 
 def _random_params(config, seed=0):

@@ -18,11 +18,9 @@ NUM_CLASSES = 3
 
 @pytest.fixture(autouse=True)
 def _float64():
-    """float64 for exact comparisons; the previous setting is restored afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+    """float64 for exact comparisons, for this test only."""
+    with jax.enable_x64(True):
+        yield
 
 
 def readout_loss(readout_params, h_K, y):
@@ -57,15 +55,9 @@ def _scanner(estimator):
 
     @jax.jit
     def scan(params, masks, readout_params, state, traces, xs, ys, keys):
-        def body(carry, inputs):
-            state, traces = carry
-            x, y, key = inputs
-            state, traces, _, _, _ = estimator.step(
-                params, masks, readout_params, state, traces, x, y, key
-            )
-            return (state, traces), None
-
-        (state, traces), _ = jax.lax.scan(body, (state, traces), (xs, ys, keys))
+        state, traces, _ = est_lib.scan_steps(
+            estimator, params, masks, readout_params, state, traces, xs, ys, keys
+        )
         return state, traces, (traces["grad_cell"], traces["grad_readout"])
 
     return scan
@@ -340,16 +332,9 @@ def test_uoro_is_unbiased_with_error_falling_like_one_over_sqrt_n():
 def _run_unjitted(estimator, params, masks, readout_params, xs, ys, seed, state0):
     traces = estimator.init_traces(params, masks, readout_params, state0)
     keys = jax.random.split(jax.random.key(seed), xs.shape[0])
-
-    def body(carry, inputs):
-        state, traces = carry
-        x, y, key = inputs
-        state, traces, _, _, _ = estimator.step(
-            params, masks, readout_params, state, traces, x, y, key
-        )
-        return (state, traces), None
-
-    (_, traces), _ = jax.lax.scan(body, (state0, traces), (xs, ys, keys))
+    _, traces, _ = est_lib.scan_steps(
+        estimator, params, masks, readout_params, state0, traces, xs, ys, keys
+    )
     return traces["grad_cell"], traces["grad_readout"]
 
 
@@ -371,29 +356,23 @@ def test_consume_keeps_influence_and_reset_zeroes_it(name):
     influence_key = "s_tilde" if name == "uoro" else "influence"
     jax.tree.map(np.testing.assert_array_equal, consumed[influence_key], traces[influence_key])
     assert any(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(consumed[influence_key]))
-    _, _, second = _run(
-        estimator,
-        params,
-        masks,
-        readout_params,
-        xs[4:],
-        ys[4:],
-        state0=state,
-        traces=consumed,
-        keys=keys[4:],
-    )
+
+    def second_half_grads(traces_at_half):
+        return _run(
+            estimator,
+            params,
+            masks,
+            readout_params,
+            xs[4:],
+            ys[4:],
+            state0=state,
+            traces=traces_at_half,
+            keys=keys[4:],
+        )[2]
+
+    second = second_half_grads(consumed)
     assert _relative_error(jax.tree.map(jnp.add, first, second), whole) < 1e-10
-    _, _, restarted = _run(
-        estimator,
-        params,
-        masks,
-        readout_params,
-        xs[4:],
-        ys[4:],
-        state0=state,
-        traces=estimator.reset(traces),
-        keys=keys[4:],
-    )
+    restarted = second_half_grads(estimator.reset(traces))
     assert (
         _relative_error(restarted, second) > 1e-3
     )  # dropping the influence changes the second half's grads
