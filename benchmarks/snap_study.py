@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 from configs import snap as snap_configs
-from experiments.snap import train as snap_train
+from deepgen.snap.online import chunk_metrics
+from experiments.snap import method as snap_method
 
 TASKS = ("copy", "charlm")
 CELLS = ("gru", "lstm")
@@ -86,8 +87,8 @@ _CHUNK_CACHE: dict[tuple, object] = {}
 def train_one(args, task, cell, density, estimator) -> dict:
     """Train one configuration in this process; returns its record."""
     config = make_config(args, task, cell, density, estimator)
-    snap_train.validate(config)
-    experiment = snap_train.Experiment(config)
+    snap_method.validate(config)
+    experiment = snap_method.SnAp(config)
     chunk = int(config.train.chunk_steps)
     cache_key = (task, cell, estimator)
     if estimator in SHAPE_FREE and cache_key in _CHUNK_CACHE:
@@ -108,7 +109,7 @@ def train_one(args, task, cell, density, estimator) -> dict:
         values = {k: float(v) for k, v in jax.device_get(sums).items()}
         if compile_s is None:
             compile_s = time.process_time() - started_cpu
-        logged = snap_train.chunk_metrics(values)
+        logged = chunk_metrics(values)
         tokens = (index + 1) * chunk * experiment.model.batch
         curve.append((tokens, logged["bits_per_char"], logged.get("curriculum_length", 0.0)))
         if not math.isfinite(logged["bits_per_char"]):
@@ -136,7 +137,7 @@ def train_one(args, task, cell, density, estimator) -> dict:
         record["copy_length_reached"] = int(jax.device_get(carry.curriculum.length))
     else:
         corpus = experiment._load("validation")
-        report = snap_train.evaluate_charlm(experiment, carry, corpus)
+        report = snap_method.evaluate_charlm(experiment, carry, corpus)
         record["valid_bits_per_char"] = report["bits_per_char"]
         record["valid_stderr"] = report["bits_per_char_stderr"]
     return record
