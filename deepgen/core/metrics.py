@@ -228,6 +228,8 @@ class TaskProgress:
 
     def advance(self, count: int = 1) -> None:
         """Count `count` more units done; show a line when due."""
+        if self.done == self.total:  # the last line was shown
+            return
         self.done = min(self.done + count, self.total)
         now = self._clock()
         if self.done < self.total and now - self._last_shown < self._min_interval:

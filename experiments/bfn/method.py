@@ -11,7 +11,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -264,12 +264,24 @@ class BFN(Method):
         rng: jax.Array,
         known: tuple[np.ndarray, np.ndarray] | None = None,
         solver: str = "bfn",
+        on_time: Callable[[float], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """n-step samples and the t = 1 output probabilities, jitted and sharded over the batch.
 
         known = (mask, values), each (num_samples, *variable_shape): positions where mask is true
         are clamped to their values in every Bayesian update (infilling, inpainting).
+        on_time(t), when given, is called on the host with the time of every network call
+        (a progress report; it does not change the samples).
         """
+        flow = self.flow
+        if on_time is not None:
+            network = functools.partial(network_apply, self.model)
+
+            def reporting_network(params, *inputs, train, rng):
+                jax.debug.callback(lambda t_B: on_time(float(np.max(t_B))), inputs[-1])
+                return network(params, *inputs, train=train, rng=rng)
+
+            flow = make_flow(self.family, reporting_network, self.config)
         padded = _round_up_to_devices(num_samples)
         batch_sharding = mesh_lib.batch_sharding(self.mesh)
         shape = (padded, *self.variable_shape)
@@ -279,7 +291,7 @@ class BFN(Method):
             known_mask[:num_samples], known_values[:num_samples] = known
 
         def run(rng, known_mask, known_values):
-            return self.flow.sample(
+            return flow.sample(
                 params,
                 rng=rng,
                 batch_size=padded,
@@ -414,7 +426,12 @@ class BFN(Method):
         num_samples = int(config.sample.num_images)
         known = self.family.known_positions(num_samples)
         solver = config.sample.get("solver", "bfn")
-        tracker = progress("sample", 1, unit="sampling runs")
+        tracker = progress("sample", n, unit="sampler steps")
+
+        def on_time(t: float) -> None:  # step i (1-based) evaluates the network at t = (i-1)/n
+            if t < 1.0:  # t = 1 is the final readout, not a step
+                tracker.advance(max(0, round(t * n) + 1 - tracker.done))
+
         samples, probs = self.draw(
             self.eval_params(state),
             num_samples=num_samples,
@@ -422,8 +439,9 @@ class BFN(Method):
             rng=rng,
             known=known,
             solver=solver,
+            on_time=on_time,
         )
-        tracker.advance()
+        tracker.advance(n - tracker.done)
         stem = f"step{step}_n{n}" + ("" if solver == "bfn" else f"_{solver}")
         if config.sample.get("inpaint", ""):
             stem += f"_inpaint_{config.sample.inpaint}"
