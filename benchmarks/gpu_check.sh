@@ -14,3 +14,9 @@ B="python3 benchmarks/bfn_throughput.py --steps 15 --warmup 3"
 timeout 150 $B --variant=text8 --batch_size=64 --dtype=bfloat16 --set model.attention_impl=cudnn 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
 timeout 100 $B --variant=cifar10_256d --batch_size=32 --dtype=bfloat16 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
 timeout 80 $B --variant=cifar10_256d --batch_size=32 --dtype=float32 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
+# The one runner on the device's JAX (0.11.x, Python 3.12): the template method trains, evaluates
+# and samples through experiments.main.
+for MODE in train eval sample; do
+  timeout 60 python3 -m experiments.main --config=configs/example.py:smoke --workdir=/tmp/gpu_example \
+    --mode=$MODE 2>&1 | tail -1 | sed "s/^/example $MODE: /" | tee -a "$LOG"
+done

@@ -11,13 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_cli, train_losses
+from conftest import REPO_ROOT, run_cli, signal_when, train_losses
 
 from configs import example as example_configs
 from deepgen.core import mesh as mesh_lib
@@ -138,21 +137,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
         "--config.train.log_every=1",
         "--config.ckpt.signal_sync_every=1",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.main", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 240
-    for line in proc.stdout:
-        if line.startswith("step 3/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-        assert time.time() < deadline, "training never reached step 3"
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, rest[-2000:]
+    status, rest = signal_when(args, "step 3/", signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, rest[-2000:]
     assert "checkpoint saved" in rest and "Traceback" not in rest
     steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(steps) == 1 and steps[0] >= 3

@@ -34,7 +34,12 @@ def test_cifar10_train_eval_sample(trained, output):
     losses = [r["loss"] for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
     assert all(np.isfinite(losses))
 
-    eval_args = ["--mode=eval", "--config.eval.repeats=2", "--config.eval.n_steps=(0,10,1000)"]
+    eval_args = [
+        "--mode=eval",
+        "--config.eval.repeats=2",
+        "--config.eval.n_steps=(0,10,1000)",
+        "--config.eval.num_samples=1",  # one sender draw per L^n term: the test checks units
+    ]
     assert entry.run([*args, *eval_args]) == 0
     report = json.loads((workdir / "eval.json").read_text())
     assert report["unit"] == "bits/dim" and report["split"] == "test"

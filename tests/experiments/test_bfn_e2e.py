@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import SHARED_MNIST, read_jsonl
+from conftest import SHARED_MNIST, assert_one_line_error, read_jsonl
 
 from configs import bfn as bfn_configs
 from experiments import main as entry
@@ -72,8 +72,7 @@ def test_train_eval_sample_write_every_output_and_the_loss_goes_down(reference_r
 def test_user_errors_exit_2_with_one_line_and_write_nothing(args, expected, tmp_path, capsys):
     workdir = tmp_path / "never"
     assert entry.run(["main", *args, f"--workdir={workdir}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and expected in err[0], err
+    assert_one_line_error(capsys, expected)
     assert not workdir.exists()
 
 

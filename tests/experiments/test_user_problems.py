@@ -6,13 +6,10 @@ sample names) is tested here or in that method's end-to-end file.
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, read_jsonl, run_cli
+from conftest import REPO_ROOT, assert_one_line_error, read_jsonl, run_cli, signal_when
 
 from experiments import main as entry
 from experiments.contract import Method
@@ -135,21 +132,8 @@ def test_8_ctrl_c_anywhere_ends_with_one_line(trained, tmp_path, when):
     else:
         args = [EXAMPLE, f"--workdir={trained}", "--mode=eval", "--config.eval.repeats=100000"]
         marker = "restored"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.main", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 120
-    for line in proc.stdout:
-        if marker in line:
-            proc.send_signal(signal.SIGINT)
-            break
-        assert time.time() < deadline, f"never saw {marker!r}"
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, rest[-2000:]
+    status, rest = signal_when(args, marker, signal.SIGINT)
+    assert status == 130, rest[-2000:]
     assert "Traceback" not in rest, rest
     assert rest.strip().splitlines()[-1].startswith("interrupted"), rest
 
@@ -202,6 +186,5 @@ def test_10_the_process_exit_status_is_2_with_one_line(tmp_path):
 def test_user_errors_exit_2_with_one_line_and_write_nothing(args, expected, tmp_path, capsys):
     workdir = tmp_path / "never"
     assert entry.run(["main", *args, f"--workdir={workdir}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and expected in err[0], err
+    assert_one_line_error(capsys, expected)
     assert not workdir.exists()
