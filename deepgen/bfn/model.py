@@ -56,7 +56,9 @@ def _torch_bias_init(fan_in: int) -> Initializer:
     return init
 
 
-def _dense(features: int, fan_in: int, dtype: Any, *, zero: bool = False, name: str) -> nn.Dense:
+def torch_dense(
+    features: int, fan_in: int, dtype: Any, *, zero: bool = False, name: str
+) -> nn.Dense:
     """Linear layer with PyTorch default (or zero) initialisation."""
     return nn.Dense(
         features,
@@ -68,7 +70,7 @@ def _dense(features: int, fan_in: int, dtype: Any, *, zero: bool = False, name: 
     )
 
 
-def _conv(
+def torch_conv(
     features: int,
     in_channels: int,
     dtype: Any,
@@ -135,18 +137,18 @@ class ResBlock(nn.Module):
         in_ch = x_BxHxWxC.shape[-1]
         out_ch = self.out_channels
         h_BxHxWxD = nn.silu(GroupNorm32(self.num_groups, name="in_norm")(x_BxHxWxC))
-        h_BxHxWxD = _conv(out_ch, in_ch, self.dtype, name="in_conv")(h_BxHxWxD)
-        emb_out_BxD = _dense(out_ch, emb_BxE.shape[-1], self.dtype, name="emb_proj")(
+        h_BxHxWxD = torch_conv(out_ch, in_ch, self.dtype, name="in_conv")(h_BxHxWxD)
+        emb_out_BxD = torch_dense(out_ch, emb_BxE.shape[-1], self.dtype, name="emb_proj")(
             nn.silu(emb_BxE)
         )
         h_BxHxWxD = h_BxHxWxD + emb_out_BxD[:, None, None, :].astype(h_BxHxWxD.dtype)
         h_BxHxWxD = nn.silu(GroupNorm32(self.num_groups, name="out_norm")(h_BxHxWxD))
         h_BxHxWxD = nn.Dropout(self.dropout, deterministic=not train)(h_BxHxWxD)
-        h_BxHxWxD = _conv(out_ch, out_ch, self.dtype, zero=True, name="out_conv")(h_BxHxWxD)
+        h_BxHxWxD = torch_conv(out_ch, out_ch, self.dtype, zero=True, name="out_conv")(h_BxHxWxD)
         if in_ch == out_ch:
             skip_BxHxWxD = x_BxHxWxC
         else:
-            skip_BxHxWxD = _conv(out_ch, in_ch, self.dtype, kernel=1, name="skip")(x_BxHxWxC)
+            skip_BxHxWxD = torch_conv(out_ch, in_ch, self.dtype, kernel=1, name="skip")(x_BxHxWxC)
         return skip_BxHxWxD + h_BxHxWxD
 
 
@@ -168,7 +170,7 @@ class AttentionBlock(nn.Module):
         head_dim = C // self.num_heads
         x_BxTxC = x_BxHxWxC.reshape(B, H * W, C)
         h_BxTxC = GroupNorm32(self.num_groups, name="norm")(x_BxTxC)
-        qkv_BxTx3C = _dense(3 * C, C, self.dtype, name="qkv")(h_BxTxC)
+        qkv_BxTx3C = torch_dense(3 * C, C, self.dtype, name="qkv")(h_BxTxC)
         # Head-major channel layout (each head holds its own q, k, v), as in improved-diffusion.
         qkv_BxTxNx3K = qkv_BxTx3C.reshape(B, H * W, self.num_heads, 3 * head_dim)
         q_BxTxNxK, k_BxTxNxK, v_BxTxNxK = jnp.split(qkv_BxTxNx3K, 3, axis=-1)
@@ -178,7 +180,7 @@ class AttentionBlock(nn.Module):
         weights_BxNxTxS = weights_BxNxTxS.astype(v_BxTxNxK.dtype)
         a_BxTxNxK = jnp.einsum("bnts,bsnk->btnk", weights_BxNxTxS, v_BxTxNxK)
         a_BxTxC = a_BxTxNxK.reshape(B, H * W, C)
-        out_BxTxC = _dense(C, C, self.dtype, zero=True, name="proj_out")(a_BxTxC)
+        out_BxTxC = torch_dense(C, C, self.dtype, zero=True, name="proj_out")(a_BxTxC)
         return (x_BxTxC + out_BxTxC).reshape(B, H, W, C)
 
 
@@ -191,7 +193,7 @@ class Downsample(nn.Module):
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         """Halve the spatial size (rounding up, as PyTorch does with padding 1)."""
         C = x_BxHxWxC.shape[-1]
-        return _conv(C, C, self.dtype, stride=2, name="conv")(x_BxHxWxC)
+        return torch_conv(C, C, self.dtype, stride=2, name="conv")(x_BxHxWxC)
 
 
 class Upsample(nn.Module):
@@ -204,7 +206,7 @@ class Upsample(nn.Module):
         """Double the spatial size."""
         C = x_BxHxWxC.shape[-1]
         up_Bx2Hx2WxC = jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
-        return _conv(C, C, self.dtype, name="conv")(up_Bx2Hx2WxC)
+        return torch_conv(C, C, self.dtype, name="conv")(up_Bx2Hx2WxC)
 
 
 class UNet(nn.Module):
@@ -240,14 +242,14 @@ class UNet(nn.Module):
         t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (B,))
 
         # Input adapter side (float32): per-pixel projection to model_channels.
-        x_BxHxWxM = _dense(mc, in_ch, jnp.float32, name="input_projection")(
+        x_BxHxWxM = torch_dense(mc, in_ch, jnp.float32, name="input_projection")(
             inputs_BxHxWxC.astype(jnp.float32)
         )
 
         # Time embedding (float32): sinusoid(t * time_scale) -> Linear -> SiLU -> Linear.
         emb_BxM = timestep_embedding(t_B * self.time_scale, mc)
-        emb_BxE = _dense(emb_dim, mc, jnp.float32, name="time_embed_0")(emb_BxM)
-        emb_BxE = _dense(emb_dim, emb_dim, jnp.float32, name="time_embed_1")(nn.silu(emb_BxE))
+        emb_BxE = torch_dense(emb_dim, mc, jnp.float32, name="time_embed_0")(emb_BxM)
+        emb_BxE = torch_dense(emb_dim, emb_dim, jnp.float32, name="time_embed_1")(nn.silu(emb_BxE))
 
         def res(out_ch: int, name: str) -> ResBlock:
             """ResBlock with this model's settings."""
@@ -258,7 +260,7 @@ class UNet(nn.Module):
             return AttentionBlock(self.num_heads, self.num_groups, self.dtype, name=name)
 
         # Down path: input_blocks.
-        h = _conv(mc, mc, self.dtype, name="input_blocks_0")(x_BxHxWxM.astype(self.dtype))
+        h = torch_conv(mc, mc, self.dtype, name="input_blocks_0")(x_BxHxWxM.astype(self.dtype))
         hs = [h]
         ds, idx = 1, 1
         for level, mult in enumerate(self.channel_mult):
@@ -295,13 +297,13 @@ class UNet(nn.Module):
 
         # U-Net head (float32): GN - SiLU - zero conv to model_channels (config out_channels=128).
         h_BxHxWxD = nn.silu(GroupNorm32(self.num_groups, name="out_norm")(h.astype(jnp.float32)))
-        u_BxHxWxM = _conv(mc, h_BxHxWxD.shape[-1], jnp.float32, zero=True, name="out_conv")(
+        u_BxHxWxM = torch_conv(mc, h_BxHxWxD.shape[-1], jnp.float32, zero=True, name="out_conv")(
             h_BxHxWxD
         )
 
         # skip=True: concat the projected input with the U-Net output, then the output adapter.
         cat_BxHxWx2M = jnp.concatenate([x_BxHxWxM, u_BxHxWxM], axis=-1)
-        out_BxHxWxO = _dense(self.out_channels, 2 * mc, jnp.float32, name="output_projection")(
+        out_BxHxWxO = torch_dense(self.out_channels, 2 * mc, jnp.float32, name="output_projection")(
             cat_BxHxWx2M
         )
         return out_BxHxWxO.astype(jnp.float32)

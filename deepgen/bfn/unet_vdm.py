@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deepgen.bfn.model import GroupNorm32, _conv, _dense
+from deepgen.bfn.model import GroupNorm32, torch_conv, torch_dense
 
 _TIME_OFFSET = 0.001
 _TIME_SCALE = 1000.0
@@ -58,7 +58,7 @@ class VDMResBlock(nn.Module):
         """x + block(x), with a 1x1 convolution on the skip path when the width changes."""
         in_ch, out_ch = x_BxHxWxC.shape[-1], self.out_channels
         h = nn.silu(GroupNorm32(self.num_groups, name="norm1")(x_BxHxWxC))
-        h = _conv(out_ch, in_ch, self.dtype, name="conv1")(h)
+        h = torch_conv(out_ch, in_ch, self.dtype, name="conv1")(h)
         cond_proj = nn.Dense(
             out_ch,
             use_bias=False,
@@ -70,9 +70,9 @@ class VDMResBlock(nn.Module):
         h = h + cond_proj(cond_BxE)[:, None, None, :].astype(h.dtype)
         h = nn.silu(GroupNorm32(self.num_groups, name="norm2")(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = _conv(out_ch, out_ch, self.dtype, zero=True, name="conv2")(h)
+        h = torch_conv(out_ch, out_ch, self.dtype, zero=True, name="conv2")(h)
         if in_ch != out_ch:
-            x_BxHxWxC = _conv(out_ch, in_ch, self.dtype, kernel=1, name="skip_conv")(x_BxHxWxC)
+            x_BxHxWxC = torch_conv(out_ch, in_ch, self.dtype, kernel=1, name="skip_conv")(x_BxHxWxC)
         return x_BxHxWxC + h
 
 
@@ -89,7 +89,7 @@ class VDMAttention(nn.Module):
         B, H, W, C = x_BxHxWxC.shape
         N = self.num_heads
         h = GroupNorm32(self.num_groups, name="norm")(x_BxHxWxC)
-        qkv = _conv(3 * C, C, self.dtype, kernel=1, name="qkv")(h).reshape(B, H * W, 3 * C)
+        qkv = torch_conv(3 * C, C, self.dtype, kernel=1, name="qkv")(h).reshape(B, H * W, 3 * C)
         # Reference layout: channels [q | k | v], each of N heads a contiguous block of C/N.
         q_BxTxNxD, k_BxTxNxD, v_BxTxNxD = (
             part.reshape(B, H * W, N, C // N) for part in jnp.split(qkv, 3, axis=-1)
@@ -99,7 +99,7 @@ class VDMAttention(nn.Module):
         ) * jnp.float32(1.0 / math.sqrt(C // N))
         weights = jax.nn.softmax(logits_BxNxTxS, axis=-1).astype(v_BxTxNxD.dtype)
         out = jnp.einsum("bnts,bsnd->btnd", weights, v_BxTxNxD).reshape(B, H, W, C)
-        return x_BxHxWxC + _conv(C, C, self.dtype, kernel=1, zero=True, name="proj_out")(out)
+        return x_BxHxWxC + torch_conv(C, C, self.dtype, kernel=1, zero=True, name="proj_out")(out)
 
 
 class UNetVDM(nn.Module):
@@ -120,13 +120,13 @@ class UNetVDM(nn.Module):
         B, H, W, C = mu_BxHxWxC.shape
         D = self.embedding_dim
         emb_BxD = vdm_timestep_embedding(t_B, D)
-        cond = nn.silu(_dense(4 * D, D, self.dtype, name="cond_in")(emb_BxD))
-        cond = nn.silu(_dense(4 * D, 4 * D, self.dtype, name="cond_out")(cond))
+        cond = nn.silu(torch_dense(4 * D, D, self.dtype, name="cond_in")(emb_BxD))
+        cond = nn.silu(torch_dense(4 * D, 4 * D, self.dtype, name="cond_out")(cond))
 
         x = mu_BxHxWxC.astype(jnp.float32)
         if self.fourier_exponents:
             x = jnp.concatenate([x, fourier_features(x, self.fourier_exponents)], axis=-1)
-        h = _conv(D, x.shape[-1], self.dtype, name="conv_in")(x.astype(self.dtype))
+        h = torch_conv(D, x.shape[-1], self.dtype, name="conv_in")(x.astype(self.dtype))
 
         def block(name: str) -> VDMResBlock:
             return VDMResBlock(D, self.dropout, self.num_groups, self.dtype, name=name)
@@ -143,9 +143,9 @@ class UNetVDM(nn.Module):
             h = block(f"up_{i}")(jnp.concatenate([h, skips.pop()], axis=-1), cond, train=train)
 
         h = nn.silu(GroupNorm32(self.num_groups, name="out_norm")(h))
-        h = _conv(D, D, self.dtype, zero=True, name="conv_out")(h)
+        h = torch_conv(D, D, self.dtype, zero=True, name="conv_out")(h)
         h = jnp.concatenate([mu_BxHxWxC.astype(h.dtype), h], axis=-1)
-        out = _dense(C * self.out_per_channel, D + C, jnp.float32, name="output_adapter")(
+        out = torch_dense(C * self.out_per_channel, D + C, jnp.float32, name="output_adapter")(
             h.astype(jnp.float32)
         )
         return out.reshape(B, H, W, C, self.out_per_channel)
