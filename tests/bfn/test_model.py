@@ -86,7 +86,7 @@ def _compile(fn, *example_args):
     return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small() -> tuple[UNet, dict, dict, jax.Array, jax.Array]:
     """Small model, its init params, perturbed params and a batch of inputs."""
     model = UNet(**SMALL)
@@ -98,7 +98,7 @@ def small() -> tuple[UNet, dict, dict, jax.Array, jax.Array]:
     return model, params, _perturb(params, 2), x, t_B
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def apply_eval(small):
     """Compiled eval-mode apply of the small model; takes a dropout rng that must be ignored."""
     model, params, _, x, t_B = small
@@ -106,7 +106,7 @@ def apply_eval(small):
     return _compile(fn, params, x, t_B, jax.random.key(0))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def train_step(small):
     """Compiled value-and-grad of a Bernoulli loss in train mode; aux is the logits."""
     model, params, _, x, t_B = small

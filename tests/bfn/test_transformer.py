@@ -91,7 +91,7 @@ def _compile(fn, *example_args):
     return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small() -> tuple[dict, jax.Array, jax.Array]:
     """Init params of the small model and a batch of inputs."""
     theta, t_B = _inputs(1)
@@ -106,7 +106,7 @@ def _apply_fn(**overrides):
     return lambda p, x, t: model.apply({"params": p}, x, t, train=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def apply_eval(small):
     """Compiled float32 einsum-path eval apply."""
     params, theta, t_B = small

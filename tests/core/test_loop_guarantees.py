@@ -23,8 +23,6 @@ from deepgen.core import mesh as mesh_lib
 from experiments import main as entry
 from experiments.example.method import Example
 
-pytestmark = pytest.mark.xdist_group("core_loop_guarantees")
-
 EXAMPLE = "--config=configs/example.py:smoke"
 NUM_STEPS = 12
 
@@ -52,7 +50,7 @@ def assert_same_losses(workdir: Path, reference: Path) -> None:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
     """12 steps on the 8 fake devices, in this process."""
     workdir = tmp_path_factory.mktemp("reference")

@@ -13,10 +13,8 @@ from experiments.bfn.method import BFN
 SMOKE = "--config=configs/bfn.py:cifar10_smoke"
 FAST = ["--config.train.num_steps=12", "--config.ckpt.every=12"]
 
-pytestmark = pytest.mark.xdist_group("bfn_cifar_e2e")
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """output type -> (workdir, command line) after 12 training steps."""
     runs = {}

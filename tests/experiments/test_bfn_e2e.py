@@ -19,7 +19,7 @@ from experiments.bfn.method import BFN
 SMOKE = "--config=configs/bfn.py:smoke"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
     """40 smoke steps with validation every 20, on the 8 fake devices, in this process."""
     workdir = tmp_path_factory.mktemp("reference")

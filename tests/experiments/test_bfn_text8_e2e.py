@@ -10,10 +10,8 @@ from experiments import main as entry
 
 SMOKE = "--config=configs/bfn.py:text8_smoke"
 
-pytestmark = pytest.mark.xdist_group("bfn_text8_e2e")
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A workdir after 80 training steps."""
     workdir = tmp_path_factory.mktemp("text8") / "run"

@@ -36,10 +36,7 @@ SMOKE_VARIANTS = [
     ("noisynet", "smoke_atari", False),
     ("noisynet", "atari_a2c_smoke", False),
 ]
-PARAMS = [
-    pytest.param(v, id=f"{v[0]}:{v[1]}", marks=pytest.mark.xdist_group(f"{v[0]}:{v[1]}"))
-    for v in SMOKE_VARIANTS
-]
+PARAMS = [pytest.param(v, id=f"{v[0]}:{v[1]}") for v in SMOKE_VARIANTS]
 
 
 def args_for(variant, workdir: Path, *extra: str) -> list[str]:
@@ -59,8 +56,8 @@ def test_every_method_has_a_smoke_variant_here():
     assert {v[0] for v in SMOKE_VARIANTS} == set(entry.available_methods())
 
 
-@pytest.fixture(scope="module", params=PARAMS)
-def trained(request, tmp_path_factory, monkeypatch_module):
+@pytest.fixture(scope="session", params=PARAMS)
+def trained(request, tmp_path_factory, monkeypatch_session):
     """(variant, workdir, how many times the core loop ran) after one uninterrupted run."""
     variant = request.param
     workdir = tmp_path_factory.mktemp(variant[1]) / "run"
@@ -71,14 +68,14 @@ def trained(request, tmp_path_factory, monkeypatch_module):
         calls.append(1)
         return core_train(*args, **kwargs)
 
-    monkeypatch_module.setattr(train_loop, "train", spy)
+    monkeypatch_session.setattr(train_loop, "train", spy)
     assert entry.run(args_for(variant, workdir)) == 0
-    monkeypatch_module.setattr(train_loop, "train", core_train)
+    monkeypatch_session.setattr(train_loop, "train", core_train)
     return variant, workdir, len(calls)
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+@pytest.fixture(scope="session")
+def monkeypatch_session():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
 

@@ -14,8 +14,6 @@ from conftest import REPO_ROOT, assert_one_line_error, read_jsonl, run_cli, sign
 from experiments import main as entry
 from experiments.contract import Method
 
-pytestmark = pytest.mark.xdist_group("user_problems")
-
 EXAMPLE = "--config=configs/example.py:smoke"
 CONFIG_FILES = sorted(
     p.stem for p in (REPO_ROOT / "configs").glob("*.py") if p.stem not in ("common", "__init__")
@@ -26,7 +24,7 @@ def run(workdir: Path, *extra: str, config: str = EXAMPLE) -> int:
     return entry.run(["main", config, f"--workdir={workdir}", *extra])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("example") / "run"
     assert run(workdir) == 0

@@ -272,7 +272,7 @@ def _train_records(workdir) -> list[dict]:
     return [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """Two chunks straight through; one chunk then a restart; a run stopped by SIGTERM in the
     middle of the second chunk then restarted."""

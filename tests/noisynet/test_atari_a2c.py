@@ -58,7 +58,7 @@ def _steps(directory) -> list[str]:
     return sorted((p.name for p in directory.iterdir() if p.name.isdigit()), key=int)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """Two chunks straight through (recording the noise keys of acting and learning); a rerun
     from the first chunk's checkpoint; a run stopped by SIGTERM inside the second chunk, then
