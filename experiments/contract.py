@@ -143,6 +143,13 @@ class Method:
         checkpointer.close()
         return state
 
+    def check_resume(self, workdir: str, built: tuple) -> None:
+        """Raise UserError if state kept beside the checkpoint (host files) does not fit the config.
+
+        The runner calls it after the checkpoint was restored and before it writes anything, so a
+        rejected resume leaves the workdir as it was.
+        """
+
     def after_train(self, workdir: str) -> dict[str, str]:
         """Files made from the finished run (curves); {what: path}."""
         return {}

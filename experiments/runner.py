@@ -148,6 +148,11 @@ def _train(method_cls: type[Method], config: ConfigDict, workdir: str) -> int:
         config, workdir, method.init_state, method.mesh, shardings=method.state_shardings()
     )
     start = built[1]
+    try:
+        method.check_resume(workdir, built)
+    except BaseException:
+        built[3].close()
+        raise
     primary = jax.process_index() == 0
     if start >= int(config.train.num_steps):
         built[3].close()

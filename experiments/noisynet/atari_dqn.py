@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from deepgen.core.errors import ConfigError
 from deepgen.core.validate import Checker
 from deepgen.noisynet.atari import FrameReplay, clip_reward
 from deepgen.noisynet.dqn import LearnerState, make_dqn_agent, num_learn_steps
@@ -114,6 +115,18 @@ class AtariDQN(AtariHostMethod):
 
     def eval_extra(self, state: LearnerState) -> dict:
         return {"learn_steps_trained": int(jax.device_get(state.learn_steps))}
+
+    def check_saved_host(self, saved: Any) -> None:
+        """The saved replay ring has the size this config's replay.capacity and env.num_envs give."""
+        if "replay/per_env" not in saved.files:
+            return
+        per_env = int(self.config.replay.capacity) // int(self.config.env.num_envs)
+        if int(saved["replay/per_env"]) != per_env:
+            raise ConfigError(
+                f"config.replay.capacity={self.config.replay.capacity} does not fit the run being "
+                f"resumed (its saved replay holds {int(saved['replay/per_env'])} frames per "
+                "emulator): keep replay.capacity and env.num_envs, or use a new --workdir"
+            )
 
     def _train(self, workdir: str, built: tuple) -> LearnerState:
         """Step the emulators, fill the replay and learn, from the restored `built`."""

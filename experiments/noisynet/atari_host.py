@@ -40,7 +40,7 @@ from ml_collections import ConfigDict
 
 from deepgen.core import mesh as mesh_lib
 from deepgen.core import metrics, train_loop
-from deepgen.core.errors import DataError
+from deepgen.core.errors import ConfigError, DataError
 from deepgen.core.train_loop import Unit
 from deepgen.core.validate import Checker
 from deepgen.noisynet import atari_scores
@@ -221,6 +221,25 @@ class AtariHostMethod(Method):
         tmp = path + ".tmp.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
+
+    def check_resume(self, workdir: str, built: tuple) -> None:
+        """The host file of the checkpoint to resume holds this config's number of emulators."""
+        step = built[1]
+        path = self.host_path(workdir, step)
+        if not step or not os.path.exists(path):
+            return
+        num_envs = int(self.config.env.num_envs)
+        with np.load(path) as saved:
+            saved_envs = saved["obs"].shape[0]
+            self.check_saved_host(saved)
+        if saved_envs != num_envs:
+            raise ConfigError(
+                f"config.env.num_envs={num_envs} does not fit the run being resumed ({saved_envs} "
+                "emulators were saved with its checkpoint): keep env.num_envs, or use a new --workdir"
+            )
+
+    def check_saved_host(self, saved: Any) -> None:
+        """More checks of a saved host file against the config (the DQN replay's size)."""
 
     def load_host(self, workdir: str, step: int) -> dict[str, np.ndarray] | None:
         """The arrays saved at `step`, or None when there is no file."""

@@ -417,3 +417,14 @@ def test_the_cli_picks_the_host_loop_and_rejects_an_unknown_game_before_writing(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "train.num_steps=200" in line and "multiple of train.steps_per_chunk=128" in line
     assert not workdir.exists()
+
+
+@needs_ale
+def test_a_resume_whose_replay_does_not_fit_writes_nothing(trained, capsys):
+    config_json = (trained.straight / "config.json").read_text()
+    bigger = _tiny_config(3)
+    bigger.replay.capacity = 400
+    with pytest.raises(ConfigError, match=r"replay\.capacity=400 does not fit"):  # main: exit 2
+        _run(bigger, trained.straight)
+    assert (trained.straight / "config.json").read_text() == config_json
+    assert not (trained.straight / "config_changes.jsonl").exists()
