@@ -26,6 +26,7 @@ Copy this skeleton for a new method:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -39,8 +40,13 @@ from deepgen.core.train_loop import BatchIterator, HostHook, Unit, mean_over_win
 EVAL_KEYS = ("split", "data_source", "num_examples", "unit", "baseline")
 
 
-class Method:
-    """The pieces a method provides; defaults cover the common case of a batched, jitted step."""
+class Method(abc.ABC):
+    """The pieces a method provides; defaults cover the common case of a batched, jitted step.
+
+    validate, init_state, evaluate and sample are abstract: a subclass that lacks one cannot be
+    instantiated. train_step is needed only by methods that train in the core loop (a method
+    that overrides `train` with its own host loop does without it).
+    """
 
     name: ClassVar[str] = ""
     # Metrics that must stay finite (NaN allowed where an `updates` metric is 0).
@@ -54,9 +60,9 @@ class Method:
         return cls
 
     @classmethod
+    @abc.abstractmethod
     def validate(cls, config: ConfigDict) -> None:
         """Raise ConfigError naming the first field whose value is not allowed."""
-        raise NotImplementedError
 
     def __init__(self, config: ConfigDict, *, mode: str):
         self.config = config
@@ -79,13 +85,16 @@ class Method:
         """Shardings of the state; None means replicated (FSDP-split when mesh.fsdp > 1)."""
         return None
 
+    @abc.abstractmethod
     def init_state(self, rng: jax.Array) -> Any:
         """A fresh train state (parameters, optimiser state, and any carry the step needs)."""
-        raise NotImplementedError
 
     def train_step(self, state: Any, batch: Any, rng: jax.Array) -> tuple[Any, Mapping]:
         """One pure step: (state, batch or None, rng) -> (state, metrics)."""
-        raise NotImplementedError
+        raise TypeError(
+            f"{type(self).__name__} trains in the core loop but defines no train_step; define "
+            "it, or override train() with a host loop"
+        )
 
     def batches(self) -> BatchIterator | None:
         """The resumable training batch iterator, or None when the step makes its own data."""
@@ -129,9 +138,13 @@ class Method:
 
     def restore(self, workdir: str, step: int | None = None) -> Any:
         """The state of a checkpoint of workdir written by --mode=train (the latest by default)."""
+        return self.restore_at(workdir, step)[0]
+
+    def restore_at(self, workdir: str, step: int | None = None) -> tuple[Any, int]:
+        """(state, its step) of a checkpoint of workdir (the latest by default)."""
         from deepgen.core import train_loop
 
-        state, _, _, checkpointer, _ = train_loop.build_state(
+        state, at, _, checkpointer, _ = train_loop.build_state(
             self.config,
             workdir,
             self.init_state,
@@ -141,7 +154,7 @@ class Method:
             must_exist=True,
         )
         checkpointer.close()
-        return state
+        return state, at
 
     def check_resume(self, workdir: str, built: tuple) -> None:
         """Raise UserError if state kept beside the checkpoint (host files) does not fit the config.
@@ -149,6 +162,7 @@ class Method:
         The runner calls it after the checkpoint was restored and before it writes anything, so a
         rejected resume leaves the workdir as it was.
         """
+        del workdir, built  # by default a method keeps nothing beside its checkpoints
 
     def after_train(self, workdir: str) -> dict[str, str]:
         """Files made from the finished run (curves); {what: path}."""
@@ -160,9 +174,9 @@ class Method:
         """What distinguishes this eval's output from others of the same step (split, source)."""
         return str(self.config.get("eval", {}).get("split", "eval"))
 
+    @abc.abstractmethod
     def evaluate(self, state: Any, *, step: int, quick: bool, progress: Any) -> dict:
         """The paper's metric in its unit, with split, data_source, num_examples and a baseline."""
-        raise NotImplementedError
 
     def format_eval(self, report: Mapping[str, Any]) -> str:
         """A human-readable summary of the eval dict (default: its top-level scalars)."""
@@ -171,6 +185,6 @@ class Method:
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()
         )
 
+    @abc.abstractmethod
     def sample(self, state: Any, out_dir: str, *, step: int, progress: Any) -> dict[str, str]:
         """Write what the paper shows (grids, text, curves) under out_dir; {what: path}."""
-        raise NotImplementedError

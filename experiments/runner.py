@@ -203,20 +203,12 @@ def _train(method_cls: type[Method], config: ConfigDict, workdir: str) -> int:
     return 0
 
 
-def _restore(method: Method, config: ConfigDict, workdir: str, step: int | None):
-    if step is None:
-        checkpointer = train_loop.make_checkpointer(config, workdir)
-        step = checkpointer.latest_step() if os.path.isdir(checkpointer.directory) else None
-        checkpointer.close()
-    return method.restore(workdir, step), step
-
-
 def _eval(
     method_cls: type[Method], config: ConfigDict, workdir: str, *, step: int | None, quick: bool
 ) -> int:
     method = method_cls(config, mode="eval")
     unit = method.unit()
-    state, at = _restore(method, config, workdir, step)
+    state, at = method.restore_at(workdir, step)
     report = method.evaluate(state, step=at, quick=quick, progress=metrics.TaskProgress)
     tag = f"{method.eval_tag()}_{source_slug(str(report.get('data_source', '')))}"
     tag += "_quick" if quick else ""
@@ -249,7 +241,7 @@ def _eval(
 
 def _sample(method_cls: type[Method], config: ConfigDict, workdir: str, *, step: int | None) -> int:
     method = method_cls(config, mode="sample")
-    state, at = _restore(method, config, workdir, step)
+    state, at = method.restore_at(workdir, step)
     out_dir = os.path.join(workdir, "samples")
     written = method.sample(state, out_dir, step=at, progress=metrics.TaskProgress)
     if jax.process_index() == 0:

@@ -162,7 +162,7 @@ class BFN(Method):
         self.model = self.family.make_model()
         self.optimizer = make_optimizer(config.opt, int(config.train.num_steps))
         self.flow = make_flow(self.family, functools.partial(network_apply, self.model), config)
-        self.init_state = functools.partial(
+        self._init_state = functools.partial(
             init_state,
             family=self.family,
             flow=self.flow,
@@ -170,13 +170,23 @@ class BFN(Method):
             optimizer=self.optimizer,
         )
         nats_to_unit = self.family.from_nats(1.0)
-        self.train_step = functools.partial(
+        self._train_step = functools.partial(
             train_step,
             flow=self.flow,
             optimizer=self.optimizer,
             ema=config.ema,
             per_example_metric=(self.family.train_metric, nats_to_unit),
         )
+
+    def init_state(self, rng: jax.Array) -> TrainState:
+        """Fresh parameters, their EMA copy and the optimiser state."""
+        return self._init_state(rng)
+
+    def train_step(
+        self, state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
+    ) -> tuple[TrainState, dict]:
+        """One optimiser step on the mean L^inf per variable, then the EMA."""
+        return self._train_step(state, batch, rng)
 
     def num_params(self) -> int:
         """Parameter count, computed without allocating."""

@@ -26,6 +26,7 @@ metrics.jsonl.
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import os
@@ -191,13 +192,13 @@ class AtariHostMethod(Method):
         finally:
             checkpointer.close()
 
+    @abc.abstractmethod
     def _train(self, workdir: str, built: tuple) -> Any:
         """The host loop: act, step the emulators and learn, advancing a HostRun to the end."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def agent_label(self) -> str:
         """How runs of this config are named in curves and eval lines (NoisyNet-DQN, A2C...)."""
-        raise NotImplementedError
 
     def make_envs(self, *, num_envs: int, stream: int, **overrides: Any) -> AtariVecEnv:
         """Environments seeded from (config seed, stream)."""
@@ -251,9 +252,9 @@ class AtariHostMethod(Method):
 
     # ---- evaluation ----------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def eval_actions(self, params: Any, obs_ExHxWxS: np.ndarray, key: jax.Array) -> np.ndarray:
         """The evaluation policy's actions for a batch of observations."""
-        raise NotImplementedError
 
     def play(
         self,
@@ -317,9 +318,9 @@ class AtariHostMethod(Method):
             "as the agent's evaluation",
         }
 
+    @abc.abstractmethod
     def eval_policy(self) -> str:
         """How the evaluated agent acts."""
-        raise NotImplementedError
 
     def eval_tag(self) -> str:
         """Fresh no-op-start episodes: the only split an RL agent is evaluated on here."""

@@ -268,10 +268,11 @@ class SnAp(Method):
     def evaluate(self, carry: Carry, *, step: int, quick: bool, progress: Any) -> dict:
         """Bits per char of held-out crops, or the copy length reached and the exact fraction."""
         config = self.config
-        if quick:
-            config = ConfigDict(config.to_dict())
-            config.eval.num_crops = min(int(config.eval.num_crops), int(config.eval.batch_size))
-            config.eval.num_sequences = min(int(config.eval.num_sequences), 32)
+        num_sequences = int(config.eval.num_sequences)
+        num_crops = int(config.eval.num_crops)
+        if quick:  # one eval batch of crops, at most 32 copy strings
+            num_sequences = min(num_sequences, 32)
+            num_crops = min(num_crops, int(config.eval.batch_size))
         summary: dict[str, Any] = {
             "tokens_trained": step * int(config.train.batch_size),
             "estimator": config.estimator.name,
@@ -284,27 +285,21 @@ class SnAp(Method):
         if config.task == "copy":
             length = int(jax.device_get(carry.curriculum.length))
             rng = jax.random.fold_in(jax.random.key(config.seed), 5)
-            strings, predicted, bits = copy_predictions(
-                self, carry, length, int(config.eval.num_sequences), rng
-            )
+            strings, predicted, bits = copy_predictions(self, carry, length, num_sequences, rng)
             exact = float(np.mean(np.all(strings == predicted, axis=1)))
             summary.update(
                 copy_length_reached=length,
                 copy_bits_per_char_at_length=bits,
                 copy_exact_fraction=exact,
-                num_sequences=int(config.eval.num_sequences),
-                num_examples=int(config.eval.num_sequences),
+                num_sequences=num_sequences,
+                num_examples=num_sequences,
                 split="fresh random strings",
                 data_source=f"copy task, {config.data.num_symbols} symbols",
                 baseline={"name": "uniform guess of each bit", "bits_per_char": 1.0},
             )
         else:
             corpus = self._load(config.eval.split)
-            original, self.config = self.config, config
-            try:
-                report = evaluate_charlm(self, carry, corpus, progress)
-            finally:
-                self.config = original
+            report = evaluate_charlm(self, carry, corpus, progress, num_crops=num_crops)
             unigram = _unigram_bits(
                 self._load("train").tokens_N, corpus.tokens_N, len(self.symbols)
             )
@@ -366,12 +361,17 @@ def _unigram_bits(train_N: np.ndarray, test_N: np.ndarray, vocab: int) -> float:
 
 
 def evaluate_charlm(
-    experiment: SnAp, carry: Carry, corpus: char_text.CharCorpus, progress: Any = None
+    experiment: SnAp,
+    carry: Carry,
+    corpus: char_text.CharCorpus,
+    progress: Any = None,
+    *,
+    num_crops: int | None = None,
 ) -> dict:
-    """Bits per character of eval.num_crops random crops of the split, with the standard error."""
+    """Bits per character of random crops of the split (eval.num_crops), with the standard error."""
     config = experiment.config
     seq_len = int(config.data.seq_len)
-    num_crops = int(config.eval.num_crops)
+    num_crops = int(config.eval.num_crops) if num_crops is None else num_crops
     rng = np.random.default_rng([int(config.seed), 3])
     crops_NxL = char_text.crop_batch(
         corpus.tokens_N, crop_len=seq_len + 1, count=num_crops, rng=rng

@@ -277,7 +277,7 @@ def trained(tmp_path_factory):
     """Two chunks straight through; one chunk then a restart; a run stopped by SIGTERM in the
     middle of the second chunk then restarted."""
     if ALE_ERROR:
-        pytest.skip(ALE_ERROR)
+        pytest.skip(reason=f"ale-py cannot run Atari here: {ALE_ERROR}")
     root = tmp_path_factory.mktemp("atari_dqn")
     straight, resumed, stopped = root / "straight", root / "resumed", root / "stopped"
     status = {}

@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
     from the first chunk's checkpoint; a run stopped by SIGTERM inside the second chunk, then
     restarted."""
     if ALE_ERROR:
-        pytest.skip(ALE_ERROR)
+        pytest.skip(reason=f"ale-py cannot run Atari here: {ALE_ERROR}")
     root = tmp_path_factory.mktemp("atari_a2c")
     straight, resumed, stopped = root / "straight", root / "resumed", root / "stopped"
     out = SimpleNamespace(straight=straight, resumed=resumed, stopped=stopped, status={})
