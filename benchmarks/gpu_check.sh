@@ -20,3 +20,11 @@ for MODE in train eval sample; do
   timeout 60 python3 -m experiments.main --config=configs/example.py:smoke --workdir=/tmp/gpu_example \
     --mode=$MODE 2>&1 | tail -1 | sed "s/^/example $MODE: /" | tee -a "$LOG"
 done
+# ACN: train step against the VAE at 60k and 1M codes, and the exact search against table size;
+# then the smoke variant through the runner (shard_map on the device's JAX).
+timeout 150 python3 benchmarks/acn_search.py --steps 15 --out=${OUT:-/tmp}/acn_search.json 2>&1 \
+  | grep -E "^[|]|^target|^device|Error|error" | tee -a "$LOG"
+for MODE in train eval sample; do
+  timeout 60 python3 -m experiments.main --config=configs/acn.py:smoke --workdir=/tmp/gpu_acn \
+    --mode=$MODE 2>&1 | tail -1 | sed "s/^/acn $MODE: /" | tee -a "$LOG"
+done

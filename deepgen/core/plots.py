@@ -140,3 +140,48 @@ def save_loss_curve(
     _ensure_parent(path)
     figure.savefig(path, format="png")
     return path
+
+
+def save_pca_scatter(
+    points_NxD: np.ndarray, labels_N: np.ndarray, path: str, *, title: str = ""
+) -> str:
+    """Scatter the first two principal components of the points, coloured by label; return path.
+
+    Labels below 0 (unlabelled) are drawn grey. The explained variance of each axis is in its label.
+    """
+    points = np.asarray(points_NxD, np.float64)
+    centred = points - points.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    projected = centred @ vt[:2].T
+    explained = np.square(singular) / max(np.square(singular).sum(), 1e-300)
+
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 5.6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    labels_N = np.asarray(labels_N)[: len(points)]
+    classes = sorted(set(labels_N[labels_N >= 0].tolist()))
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "viridis"]
+    unlabelled = labels_N < 0
+    if unlabelled.any():
+        axes.scatter(*projected[unlabelled].T, s=4, color="grey", alpha=0.5)
+    for i, label in enumerate(classes):
+        chosen = labels_N == label
+        colour = cmap(i % 10) if len(classes) <= 10 else cmap(i / max(len(classes) - 1, 1))
+        axes.scatter(*projected[chosen].T, s=4, color=colour, alpha=0.7, label=str(label))
+    if 0 < len(classes) <= 10:
+        axes.legend(markerscale=3, fontsize=8, loc="best")
+    axes.set_xlabel(f"PC 1 ({100 * explained[0]:.1f}% of the variance)")
+    axes.set_ylabel(
+        f"PC 2 ({100 * explained[1]:.1f}% of the variance)" if len(explained) > 1 else ""
+    )
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    path = os.fspath(path)
+    _ensure_parent(path)
+    figure.savefig(path, format="png")
+    return path

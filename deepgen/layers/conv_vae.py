@@ -16,12 +16,16 @@ import jax.numpy as jnp
 
 
 class ConvEncoder(nn.Module):
-    """x_BxHxWxC -> (mean_BxZ, log_std_BxZ): stride-2 convs, then a Dense head."""
+    """x_BxHxWxC -> (mean_BxZ, log_std_BxZ): stride-2 convs, then a Dense head.
+
+    unit_variance: the head gives only the mean and log_std is 0 (ACN's q(z|x) = N(c(x), I)).
+    """
 
     latent_dim: int
     channels: Sequence[int] = (32, 64)
     kernel_size: int = 4
     activation: Callable[[jax.Array], jax.Array] = nn.relu
+    unit_variance: bool = False
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -31,6 +35,9 @@ class ConvEncoder(nn.Module):
             k = self.kernel_size
             h = self.activation(nn.Conv(c, (k, k), strides=(2, 2), name=f"conv_{i}")(h))
         h_BxD = h.reshape(h.shape[0], -1)
+        if self.unit_variance:
+            mean_BxZ = nn.Dense(self.latent_dim, name="head")(h_BxD)
+            return mean_BxZ, jnp.zeros_like(mean_BxZ)
         out_Bx2Z = nn.Dense(2 * self.latent_dim, name="head")(h_BxD)
         mean_BxZ, log_std_BxZ = jnp.split(out_Bx2Z, 2, axis=-1)
         return mean_BxZ, log_std_BxZ

@@ -27,6 +27,7 @@ from experiments.contract import EVAL_KEYS
 # same modes in test_bfn_cifar_e2e.py; its train step is BFN's, whose contract bfn:smoke checks.
 SMOKE_VARIANTS = [
     ("example", "smoke", True),
+    ("acn", "smoke", True),
     ("bfn", "smoke", True),
     ("bfn", "text8_smoke", True),
     ("snap", "smoke", True),

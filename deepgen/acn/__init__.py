@@ -1,0 +1,1 @@
+"""Associative Compression Networks (Graves, Menick and van den Oord, arXiv:1804.02476)."""
