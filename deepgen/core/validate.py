@@ -30,7 +30,9 @@ class Checker:
     def one_of(self, field: str, choices: Iterable[Any], note: str = "") -> None:
         """The field's value is one of choices."""
         choices = tuple(choices)
-        self(field_value(self.config, field) in choices, field, f"one of {choices}{note}")
+        # Spelled out, not a tuple's repr: a two-choice tuple reads like absl's (message, value).
+        allowed = ", ".join(repr(c) for c in choices)
+        self(field_value(self.config, field) in choices, field, f"one of {allowed}{note}")
 
     def positive(self, *fields: str) -> None:
         """Each field is a positive number."""

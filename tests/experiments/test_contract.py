@@ -28,6 +28,7 @@ from experiments.contract import EVAL_KEYS
 SMOKE_VARIANTS = [
     ("example", "smoke", True),
     ("acn", "smoke", True),
+    ("kanerva", "smoke", True),
     ("bfn", "smoke", True),
     ("bfn", "text8_smoke", True),
     ("snap", "smoke", True),

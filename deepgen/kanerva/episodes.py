@@ -1,0 +1,95 @@
+"""Episodes of T binarised images for the Kanerva Machine: resumable training batches, held-out sets.
+
+The Kanerva Machine (Wu et al., arXiv:1804.01756) trains on episodes X = x_{1:T}: each episode is
+written to a fresh memory and read back, so a training batch is B episodes of T images. The
+paper's episodes are T = 32 images drawn at random from the training set [recalled]; here:
+
+* `training_episodes`: epoch e is a permutation of the split's images drawn from (seed, e), cut
+  in order into episodes of T consecutive images; batch b of the epoch is the b-th run of B
+  episodes (B * T images) of that permutation, so the episodes of an epoch are disjoint and the
+  last incomplete batch is dropped (an epoch covers floor(N / (B T)) * B T images; with B = 1 all
+  floor(N / T) * T). It is a `deepgen.data.pipeline.EpochIterator` over the images with a global
+  batch of B * T, so its whole state is (epoch, batch) and it resumes exactly. Every image is
+  binarised afresh each time it is seen (x ~ Bernoulli(intensity), `mnist.binarize`'s rule) with
+  the batch's generator, drawn for the whole global batch; each process keeps its episodes.
+* `heldout_episodes`: the eval split's images in one fixed permutation (seeded by the config's
+  seed), cut into floor(N / T) episodes; `binarise_episodes` binarises them with a fixed
+  generator per repeat, so every eval of a run sees the same episodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepgen.data.pipeline import EpochIterator
+
+# Streams of np.random.default_rng([seed, STREAM, ...]) used here (distinct from the pipeline's
+# [seed, epoch, batch], whose second entry is an epoch number: these are far above any epoch).
+HELDOUT_ORDER_STREAM = 1_000_003
+HELDOUT_BINARISE_STREAM = 1_000_033
+
+
+def _binarise(intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """x ~ Bernoulli(intensity) per pixel as float32 {0, 1}, with a trailing channel axis."""
+    uniform = rng.random(intensities.shape, dtype=np.float32)
+    return (uniform < intensities).astype(np.float32)[..., None]
+
+
+def training_episodes(
+    intensities_NxHxW: np.ndarray,
+    *,
+    episode_length: int,
+    episodes_per_batch: int,
+    seed: int,
+    process_rows: slice,
+) -> EpochIterator:
+    """A resumable iterator of {"x": episodes_BxTxHxWx1} (this process's rows of B episodes).
+
+    intensities_NxHxW: grey values in [0, 1]. process_rows: this process's episodes of the global
+    batch of episodes_per_batch (`distributed.process_slice(episodes_per_batch)`).
+    """
+    T, B = int(episode_length), int(episodes_per_batch)
+    if T < 1 or B < 1:
+        raise ValueError(f"need episode_length >= 1 and episodes_per_batch >= 1, got {T}, {B}")
+    num = len(intensities_NxHxW)
+    if num < B * T:
+        raise ValueError(
+            f"a batch of {B} episodes of {T} images needs {B * T} images; the split has {num}"
+        )
+
+    def make_batch(indices: np.ndarray, rows: slice, rng: np.random.Generator) -> dict:
+        # Draw for the whole global batch, keep this process's episodes.
+        x = _binarise(intensities_NxHxW[indices], rng)
+        return {"x": x.reshape(B, T, *x.shape[1:])[rows]}
+
+    return EpochIterator(
+        num_examples=num,
+        global_batch_size=B * T,
+        make_batch=make_batch,
+        seed=int(seed),
+        process_rows=process_rows,
+    )
+
+
+def heldout_order(num_images: int, *, episode_length: int, seed: int) -> np.ndarray:
+    """Image indices of the held-out episodes, E x T with E = floor(N / T): a fixed permutation."""
+    T = int(episode_length)
+    num_episodes = num_images // T
+    if num_episodes < 1:
+        raise ValueError(f"an episode of {T} images needs more images than the {num_images} here")
+    order = np.random.default_rng([int(seed), HELDOUT_ORDER_STREAM]).permutation(num_images)
+    return order[: num_episodes * T].reshape(num_episodes, T)
+
+
+def heldout_episodes(
+    intensities_NxHxW: np.ndarray, *, episode_length: int, seed: int
+) -> np.ndarray:
+    """The held-out episodes' grey values, E x T x H x W (binarise them with binarise_episodes)."""
+    index_ExT = heldout_order(len(intensities_NxHxW), episode_length=episode_length, seed=seed)
+    return np.asarray(intensities_NxHxW)[index_ExT]
+
+
+def binarise_episodes(intensities_ExTxHxW: np.ndarray, *, seed: int, repeat: int) -> np.ndarray:
+    """One fixed binarisation (per seed and repeat) of held-out episodes: E x T x H x W x 1."""
+    rng = np.random.default_rng([int(seed), HELDOUT_BINARISE_STREAM, int(repeat)])
+    return _binarise(intensities_ExTxHxW, rng)

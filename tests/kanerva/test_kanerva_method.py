@@ -1,0 +1,102 @@
+"""The Kanerva method's pieces on the smoke config: a train step, a quick eval, validation."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import kanerva as configs
+from deepgen.core import distributed
+from deepgen.core import mesh as mesh_lib
+from deepgen.core.errors import ConfigError
+from experiments.kanerva.method import KanervaMethod
+
+
+class NoProgress:
+    def __init__(self, what, total, unit="batches"):
+        del what, total, unit
+
+    def advance(self, count=1):
+        del count
+
+
+@functools.cache
+def built(variant: str):
+    """(method, fresh state, its jitted train step), jitted as the core loop jits them.
+
+    The same shardings (and names) as deepgen.core.train_loop's make the same programs, so the
+    persistent compilation cache (tests/conftest.py) shares them with the contract test's run.
+    """
+    config = configs.get_config(variant)
+    KanervaMethod.validate(config)
+    method = KanervaMethod(config, mode="train")
+    shardings = method.state_shardings()
+    state = jax.jit(method.init_state, out_shardings=shardings)(jax.random.key(0))
+    replicated = mesh_lib.replicated(method.mesh)
+
+    def traced_step(state, batch, rng):
+        return method.train_step(state, batch, rng)
+
+    step = jax.jit(
+        traced_step,
+        in_shardings=(shardings, mesh_lib.batch_sharding(method.mesh), replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=(0,),
+    )
+    return method, state, step
+
+
+@pytest.mark.parametrize("variant", ["smoke", "vae_smoke"])
+def test_a_train_step_on_a_smoke_batch_gives_finite_metrics(variant):
+    method, state, step = built(variant)
+    batch = next(method.batches())
+    config = method.config
+    T = config.data.episode_length
+    assert batch["x"].shape == (config.train.batch_size, T, 28, 28, 1)
+    batch = distributed.global_batch(batch, mesh_lib.batch_sharding(method.mesh))
+    new_state, metrics = step(jax.tree.map(jnp.copy, state), batch, jax.random.key(1))
+    metrics = jax.device_get(metrics)
+    assert int(new_state.step) == 1
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    terms = ("reconstruction", "kl_y", "kl_z", "kl_memory")
+    assert metrics["nll_bound_per_image"] == pytest.approx(sum(metrics[t] for t in terms), rel=1e-5)
+    assert metrics["loss"] == pytest.approx(T * metrics["nll_bound_per_image"], rel=1e-5)
+    if variant == "vae_smoke":
+        assert metrics["kl_y"] == metrics["kl_memory"] == 0.0
+    assert method.unit().examples_per_unit == config.train.batch_size * T
+
+
+@pytest.mark.parametrize("variant", ["smoke", "vae_smoke"])
+def test_a_quick_eval_reports_the_bound_its_terms_and_the_reading_errors(variant):
+    method, state, _ = built(variant)
+    report = method.evaluate(state, step=0, quick=True, progress=NoProgress)
+    for key in ("split", "data_source", "num_examples", "unit", "baseline"):
+        assert key in report
+    terms = ("reconstruction", "kl_y", "kl_z", "kl_memory")
+    for term in ("nll_bound", *terms):
+        assert math.isfinite(report[f"{term}_nats_per_image"])
+        assert report[f"{term}_nats_per_image_stderr"] is not None
+    assert report["nll_bound_nats_per_image"] == pytest.approx(
+        sum(report[f"{t}_nats_per_image"] for t in terms), rel=1e-5
+    )
+    assert report["unit"] == "nats/image" and report["repeats"] == 1
+    assert report["num_examples"] == report["num_episodes"] * report["episode_length"]
+    k = method.config.eval.read_iterations
+    errors = report["iterative_reading_error"]
+    assert set(errors) == {"noise", "occlusion"}
+    assert all(len(v) == k + 1 and all(0.0 <= e <= 1.0 for e in v) for v in errors.values())
+    # Flipping 15% of the pixels gives queries about 15% wrong.
+    assert report["corrupted_query_error"]["noise"] == pytest.approx(0.15, abs=0.02)
+    assert report["baseline"]["nll_nats_per_image"] > 0
+    assert "bound" in method.format_eval(report)
+
+
+def test_cifar10_is_refused_with_one_line_naming_the_missing_decoder():
+    config = configs.get_config("smoke")
+    config.data.name = "cifar10"
+    with pytest.raises(ConfigError, match="logistic decoder") as error:
+        KanervaMethod.validate(config)
+    assert "\n" not in str(error.value)
