@@ -8,7 +8,9 @@ Graves et al., arXiv:1804.02476. The encoder gives the code c(x), the mean of q(
 
 and the VAE baseline replaces p(z|c_hat) by N(0, I) (closed-form KL |c|^2 / 2 with unit
 variance). The decoder r(x|z) is feedforward (transposed convolutions) or a gated PixelCNN
-conditioned on z (the "powerful decoder" whose codes the paper claims a VAE lets collapse),
+conditioned on z, through a bias per block ("vector") or, as PixelVAE does, through a feature
+map made from z by the feedforward decoder's layers ("map"); the PixelCNN is the "powerful
+decoder" whose codes the paper claims a VAE lets collapse,
 with a Bernoulli likelihood for binary images or the discretised logistic mixture of
 PixelCNN++ (with its RGB coupling) for 8-bit colour.
 
@@ -29,6 +31,7 @@ from deepgen.layers import conv_vae, discretized_logistic
 from deepgen.layers.masked_conv import GatedPixelCNN
 
 DECODERS = ("feedforward", "pixelcnn")
+CONDITIONINGS = ("vector", "map")
 LIKELIHOODS = ("bernoulli", "logistic")
 NUM_PIXEL_LEVELS = 256
 
@@ -58,10 +61,15 @@ class ACNModel(nn.Module):
     num_mixtures: int = 5
     prior_components: int = 3
     prior_hidden_units: int = 512
+    code_init_scale: float = 1.0
+    pixelcnn_conditioning: str = "vector"
 
     def setup(self):
         self.encoder = conv_vae.ConvEncoder(
-            self.latent_dim, tuple(self.encoder_channels), unit_variance=True
+            self.latent_dim,
+            tuple(self.encoder_channels),
+            unit_variance=True,
+            head_init_scale=self.code_init_scale,
         )
         if self.use_prior_network:
             self.prior_network = prior_lib.PriorNetwork(
@@ -75,6 +83,11 @@ class ACNModel(nn.Module):
             )
         else:
             self.decoder_net = GatedPixelCNN(self.pixelcnn_layers, self.pixelcnn_features, out)
+            if self.pixelcnn_conditioning == "map":
+                height, width, _ = self.image_shape
+                self.condition_net = conv_vae.ConvDecoder(
+                    (height, width, self.pixelcnn_features), tuple(self.decoder_channels)
+                )
 
     def encode(self, x_BxHxWxC: jax.Array) -> jax.Array:
         """The code c(x), the mean of q(z|x) = N(c, I); shape B x Z."""
@@ -88,6 +101,10 @@ class ACNModel(nn.Module):
         """Per-pixel likelihood parameters; the PixelCNN reads x only at earlier pixels."""
         if self.decoder == "feedforward":
             return self.decoder_net(z_BxZ)
+        if self.pixelcnn_conditioning == "map":
+            # PixelVAE-style: z becomes a feature map by the feedforward decoder's layers, and
+            # conditions every position of the PixelCNN (it depends on z only, never on x).
+            return self.decoder_net(x_BxHxWxC, self.condition_net(z_BxZ))
         return self.decoder_net(x_BxHxWxC, z_BxZ)
 
     def __call__(self, x_BxHxWxC: jax.Array, z_BxZ: jax.Array) -> jax.Array:

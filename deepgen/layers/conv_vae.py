@@ -19,6 +19,7 @@ class ConvEncoder(nn.Module):
     """x_BxHxWxC -> (mean_BxZ, log_std_BxZ): stride-2 convs, then a Dense head.
 
     unit_variance: the head gives only the mean and log_std is 0 (ACN's q(z|x) = N(c(x), I)).
+    head_init_scale: the standard deviation of the head's initial outputs relative to LeCun's.
     """
 
     latent_dim: int
@@ -26,6 +27,7 @@ class ConvEncoder(nn.Module):
     kernel_size: int = 4
     activation: Callable[[jax.Array], jax.Array] = nn.relu
     unit_variance: bool = False
+    head_init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -36,7 +38,8 @@ class ConvEncoder(nn.Module):
             h = self.activation(nn.Conv(c, (k, k), strides=(2, 2), name=f"conv_{i}")(h))
         h_BxD = h.reshape(h.shape[0], -1)
         if self.unit_variance:
-            mean_BxZ = nn.Dense(self.latent_dim, name="head")(h_BxD)
+            init = nn.initializers.variance_scaling(self.head_init_scale**2, "fan_in", "normal")
+            mean_BxZ = nn.Dense(self.latent_dim, kernel_init=init, name="head")(h_BxD)
             return mean_BxZ, jnp.zeros_like(mean_BxZ)
         out_Bx2Z = nn.Dense(2 * self.latent_dim, name="head")(h_BxD)
         mean_BxZ, log_std_BxZ = jnp.split(out_Bx2Z, 2, axis=-1)

@@ -89,6 +89,7 @@ class ACN(Method):
         check.one_of("data.name", DATASETS)
         check.one_of("model.kind", KINDS)
         check.one_of("model.decoder", acn_model.DECODERS)
+        check.one_of("model.pixelcnn_conditioning", acn_model.CONDITIONINGS)
         check.positive(
             "model.latent_dim",
             "model.num_neighbours",
@@ -174,6 +175,8 @@ class ACN(Method):
             num_mixtures=int(m.num_mixtures),
             prior_components=int(m.prior_components),
             prior_hidden_units=int(m.prior_hidden_units),
+            code_init_scale=float(m.code_init_scale),
+            pixelcnn_conditioning=m.pixelcnn_conditioning,
         )
 
     # ---- data --------------------------------------------------------------------------------
