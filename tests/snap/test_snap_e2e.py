@@ -262,7 +262,7 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "GiB of influence matrices" in err and err.count("\n") == 1
     assert entry.run([*base, "--config.model.cell=rnn"]) == 2
-    assert "one of 'vanilla', 'gru', 'lstm'" in capsys.readouterr().err
+    assert "one of ('vanilla', 'gru', 'lstm')" in capsys.readouterr().err
     assert entry.run([*base, "--config.task=charlm"]) == 2  # data.name is still 'copy'
     assert "data.name" in capsys.readouterr().err
     assert (
