@@ -8,7 +8,10 @@ Variants:
   paper_mnist            binarized MNIST at the paper's scale with the gated PixelCNN decoder.
   paper_cifar10          CIFAR-10 with the PixelCNN decoder and the PixelCNN++ likelihood.
   mnist_cpu              ACN, feedforward Bernoulli decoder, on the 4,000 embedded training digits.
-  mnist_pixelcnn_cpu     ACN with a gated PixelCNN decoder (the paper's "powerful decoder" claim).
+  mnist_pixelcnn_cpu     ACN with a gated PixelCNN decoder (the paper's "powerful decoder" claim),
+                         z entering as a feature map. Measured: bound 79.24 +- 0.21 nats/image
+                         (KL 3.98, 5-NN accuracy 0.905) on the real test set; its VAE 88.89 (KL
+                         2.66, 0.897). mnist_cpu: 93.76 (KL 14.73, 0.931); its VAE 134.70.
   vae_mnist_cpu          the VAE with mnist_cpu's networks and a N(0, I) prior.
   vae_mnist_pixelcnn_cpu the VAE with mnist_pixelcnn_cpu's networks.
   omniglot_cpu           ACN, feedforward decoder, on the Omniglot zips (data.dir required).
