@@ -43,7 +43,7 @@ def decoder_channels(likelihood: str, image_channels: int, num_mixtures: int) ->
     """Outputs per pixel: one logit per channel (Bernoulli) or the PixelCNN++ mixture parameters."""
     if likelihood == "bernoulli":
         return image_channels
-    return num_mixtures * (10 if image_channels == 3 else 3 * image_channels)
+    return discretized_logistic.pixelcnn_pp_num_params(image_channels, num_mixtures)
 
 
 class ACNModel(nn.Module):

@@ -1,4 +1,4 @@
-"""Episodes of T binarised images for the Kanerva Machine: resumable training batches, held-out sets.
+"""Episodes of T images for the Kanerva Machine: resumable training batches, held-out sets.
 
 The Kanerva Machine (Wu et al., arXiv:1804.01756) trains on episodes X = x_{1:T}: each episode is
 written to a fresh memory and read back, so a training batch is B episodes of T images. The
@@ -9,9 +9,11 @@ paper's episodes are T = 32 images drawn at random from the training set [recall
   episodes (B * T images) of that permutation, so the episodes of an epoch are disjoint and the
   last incomplete batch is dropped (an epoch covers floor(N / (B T)) * B T images; with B = 1 all
   floor(N / T) * T). It is a `deepgen.data.pipeline.EpochIterator` over the images with a global
-  batch of B * T, so its whole state is (epoch, batch) and it resumes exactly. Every image is
-  binarised afresh each time it is seen (x ~ Bernoulli(intensity), `mnist.binarize`'s rule) with
-  the batch's generator, drawn for the whole global batch; each process keeps its episodes.
+  batch of B * T, so its whole state is (epoch, batch) and it resumes exactly. Grey images are
+  binarised afresh each time they are seen (x ~ Bernoulli(intensity), `mnist.binarize`'s rule)
+  with the batch's generator, drawn for the whole global batch; each process keeps its episodes.
+  Colour images (binary=False: float N x H x W x C, e.g. CIFAR-10 as bin centres on [-1, 1]) are
+  used as they are.
 * `heldout_episodes`: the eval split's images in one fixed permutation (seeded by the config's
   seed), cut into floor(N / T) episodes; `binarise_episodes` binarises them with a fixed
   generator per repeat, so every eval of a run sees the same episodes.
@@ -36,22 +38,24 @@ def _binarise(intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def training_episodes(
-    intensities_NxHxW: np.ndarray,
+    images: np.ndarray,
     *,
     episode_length: int,
     episodes_per_batch: int,
     seed: int,
     process_rows: slice,
+    binary: bool = True,
 ) -> EpochIterator:
-    """A resumable iterator of {"x": episodes_BxTxHxWx1} (this process's rows of B episodes).
+    """A resumable iterator of {"x": episodes_BxTxHxWxC} (this process's rows of B episodes).
 
-    intensities_NxHxW: grey values in [0, 1]. process_rows: this process's episodes of the global
-    batch of episodes_per_batch (`distributed.process_slice(episodes_per_batch)`).
+    images: grey values in [0, 1], N x H x W, binarised per batch (binary=True, C = 1); or images
+    N x H x W x C used as they are (binary=False). process_rows: this process's episodes of the
+    global batch of episodes_per_batch (`distributed.process_slice(episodes_per_batch)`).
     """
     T, B = int(episode_length), int(episodes_per_batch)
     if T < 1 or B < 1:
         raise ValueError(f"need episode_length >= 1 and episodes_per_batch >= 1, got {T}, {B}")
-    num = len(intensities_NxHxW)
+    num = len(images)
     if num < B * T:
         raise ValueError(
             f"a batch of {B} episodes of {T} images needs {B * T} images; the split has {num}"
@@ -59,7 +63,7 @@ def training_episodes(
 
     def make_batch(indices: np.ndarray, rows: slice, rng: np.random.Generator) -> dict:
         # Draw for the whole global batch, keep this process's episodes.
-        x = _binarise(intensities_NxHxW[indices], rng)
+        x = _binarise(images[indices], rng) if binary else np.asarray(images[indices], np.float32)
         return {"x": x.reshape(B, T, *x.shape[1:])[rows]}
 
     return EpochIterator(
@@ -81,12 +85,10 @@ def heldout_order(num_images: int, *, episode_length: int, seed: int) -> np.ndar
     return order[: num_episodes * T].reshape(num_episodes, T)
 
 
-def heldout_episodes(
-    intensities_NxHxW: np.ndarray, *, episode_length: int, seed: int
-) -> np.ndarray:
-    """The held-out episodes' grey values, E x T x H x W (binarise them with binarise_episodes)."""
-    index_ExT = heldout_order(len(intensities_NxHxW), episode_length=episode_length, seed=seed)
-    return np.asarray(intensities_NxHxW)[index_ExT]
+def heldout_episodes(images: np.ndarray, *, episode_length: int, seed: int) -> np.ndarray:
+    """The held-out episodes' images, E x T x ... (binarise grey values with binarise_episodes)."""
+    index_ExT = heldout_order(len(images), episode_length=episode_length, seed=seed)
+    return np.asarray(images)[index_ExT]
 
 
 def binarise_episodes(intensities_ExTxHxW: np.ndarray, *, seed: int, repeat: int) -> np.ndarray:

@@ -27,8 +27,10 @@ not read, so every equation and size below is recalled [R] or my choice [D], not
   R0 ~ truncated N(0, 1) (the DKM code's initialiser); sigma0^2 = sigma_xi^2 = 1, so that before
   training the read prior of z is a unit-scale Gaussian, like the VAE's N(0, I).
 
-Only the Bernoulli likelihood (binary images) is built; colour (CIFAR) needs a discretised
-logistic decoder later. use_memory=False is the VAE baseline with the same encoder, decoder and
+Likelihoods: Bernoulli for binary images (Omniglot, MNIST); for colour (CIFAR-10) PixelCNN++'s
+discretised logistic mixture over 256 levels per channel with the RGB coupling
+(`deepgen.layers.discretized_logistic`), images as bin centres on [-1, 1]; the paper's CIFAR
+likelihood is recalled only as "continuous or 256-way pixels", so this choice is [D]. use_memory=False is the VAE baseline with the same encoder, decoder and
 z-posterior MLP (fed e(x) alone) and a N(0, I) prior over z; it has no keys and no memory.
 """
 
@@ -43,9 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from deepgen.kanerva import memory as mem
-from deepgen.layers import conv_vae
+from deepgen.layers import conv_vae, discretized_logistic
 
-LIKELIHOODS = ("bernoulli",)
+LIKELIHOODS = ("bernoulli", "logistic")
+NUM_PIXEL_LEVELS = 256
 # sigma_xi^2 >= 1e-4: Sigma_z = W U W^T + sigma_xi^2 I must stay well conditioned in float32.
 MIN_LOG_NOISE_VARIANCE = math.log(1e-4)
 CORRUPTIONS = ("noise", "occlusion")
@@ -79,6 +82,7 @@ class KanervaMachine(nn.Module):
     encoder_channels: Sequence[int] = (32, 64)
     decoder_channels: Sequence[int] = (64, 32)
     likelihood: str = "bernoulli"
+    num_mixtures: int = 5  # logistics per pixel (likelihood "logistic" only)
     normalize_addresses: bool = False
     use_memory: bool = True
 
@@ -89,7 +93,11 @@ class KanervaMachine(nn.Module):
             self.feature_size, tuple(self.encoder_channels), unit_variance=True
         )
         self.z_posterior_net = MLP(tuple(self.posterior_hidden_units), 2 * self.code_size)
-        self.decoder = conv_vae.ConvDecoder(self.image_shape, tuple(self.decoder_channels))
+        height, width, channels = self.image_shape
+        outputs = channels
+        if self.likelihood == "logistic":
+            outputs = discretized_logistic.pixelcnn_pp_num_params(channels, self.num_mixtures)
+        self.decoder = conv_vae.ConvDecoder((height, width, outputs), tuple(self.decoder_channels))
         if not self.use_memory:
             return
         K, C, S = self.memory_size, self.code_size, self.key_size
@@ -139,7 +147,7 @@ class KanervaMachine(nn.Module):
         return mean_BxC, log_std_BxC
 
     def decode(self, z_BxC: jax.Array) -> jax.Array:
-        """p(x | z): Bernoulli logits, B x H x W x C."""
+        """p(x | z)'s parameters: Bernoulli logits (B x H x W x C) or the mixture's (B x H x W x P)."""
         return self.decoder(z_BxC)
 
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -196,10 +204,22 @@ def write_episode(
     return jax.tree.map(lambda a: a[0], posterior)
 
 
-def _reconstruction(model: KanervaMachine, logits: jax.Array, x: jax.Array) -> jax.Array:
-    """-log p(x | z) in nats per image."""
-    del model  # Bernoulli only, for now.
-    return -conv_vae.bernoulli_log_likelihood(logits, x)
+def _reconstruction(model: KanervaMachine, out: jax.Array, x: jax.Array) -> jax.Array:
+    """-log p(x | z) in nats per image, from the decoder's output; shape B."""
+    if model.likelihood == "bernoulli":
+        return -conv_vae.bernoulli_log_likelihood(out, x)
+    per_pixel_BxHxW = discretized_logistic.pixelcnn_pp_log_prob(
+        x, out, num_mixtures=model.num_mixtures, num_bins=NUM_PIXEL_LEVELS
+    )
+    return -jnp.sum(per_pixel_BxHxW.reshape(per_pixel_BxHxW.shape[0], -1), axis=-1)
+
+
+def decoder_mean(model: KanervaMachine, out: jax.Array) -> jax.Array:
+    """The image p(x | z) expects, in the data's units: Bernoulli probabilities in [0, 1], or the
+    logistic mixture's (continuous) mean on [-1, 1]; the query fed back by iterative reading."""
+    if model.likelihood == "bernoulli":
+        return jax.nn.sigmoid(out)
+    return discretized_logistic.pixelcnn_pp_mean(out, num_mixtures=model.num_mixtures)
 
 
 def episode_elbo(
@@ -306,11 +326,12 @@ def iterative_read(
     """Reconstructions from reading one memory with B queries, fed back num_iterations times.
 
     Each read: y from q(y|x), w = address(y), z from q(z|x, y, M) with the read-out w^T M, and
-    the Bernoulli probabilities of p(x|z), which are the next query (mean-field: the encoder takes
-    soft inputs, and the probabilities carry no sampling noise). sample=False: the means of q(y|x)
+    the image p(x|z) expects (`decoder_mean`: Bernoulli probabilities, or the logistic mixture's
+    mean), which is the next query (mean-field: the encoder takes soft inputs, and the means carry
+    no sampling noise). sample=False: the means of q(y|x)
     and q(z|...) and M = the memory's mean R (a deterministic clean-up); True: y, z and one M per
-    call are sampled. Returns (num_iterations + 1) x B x H x W x C in [0, 1]: the first read's
-    reconstruction, then one per feedback.
+    call are sampled. Returns (num_iterations + 1) x B x H x W x C in the data's units: the first
+    read's reconstruction, then one per feedback.
     """
     if not model.use_memory:
         raise ValueError("iterative_read needs use_memory=True")
@@ -332,8 +353,8 @@ def iterative_read(
             read_BxC = w_BxK @ M_KxC
         mean_z, log_std_z = apply(features, read_BxC, method=KanervaMachine.posterior_z)
         z = conv_vae.reparameterize(rng_z, mean_z, log_std_z) if sample else mean_z
-        probs = jax.nn.sigmoid(apply(z, method=KanervaMachine.decode))
-        return probs, probs
+        image = decoder_mean(model, apply(z, method=KanervaMachine.decode))
+        return image, image
 
     _, reads = jax.lax.scan(
         one_read, x_query_BxHxWxC, jax.random.split(rng_reads, num_iterations + 1)
@@ -346,20 +367,27 @@ def occlusion_side(height: int, width: int, amount: float) -> int:
     return max(0, min(height, width, round(math.sqrt(amount * height * width))))
 
 
-def corrupt(rng: jax.Array, x: jax.Array, *, kind: str, amount: float) -> jax.Array:
-    """Corrupted queries for x (... x H x W x C, values in [0, 1]).
+def corrupt(
+    rng: jax.Array, x: jax.Array, *, kind: str, amount: float, binary: bool = True
+) -> jax.Array:
+    """Corrupted queries for x (... x H x W x C: binary {0, 1}, or colour on [-1, 1]).
 
-    "noise": every pixel (all its channels together) is flipped, x -> 1 - x, with probability
-    amount (salt-and-pepper on binary images). "occlusion": a square patch of side
-    `occlusion_side(H, W, amount)` at a uniformly random position per image is set to 0; amount
+    "noise": each pixel (all its channels together) is hit with probability amount: a binary
+    pixel is flipped, x -> 1 - x (salt-and-pepper); a colour pixel becomes a uniform random colour
+    on [-1, 1]^C. "occlusion": a square patch of side `occlusion_side(H, W, amount)` at a uniformly
+    random position per image is set to 0 (black for binary images, mid-grey on [-1, 1]); amount
     must be a Python number there (the side is static).
     """
     if kind not in CORRUPTIONS:
         raise ValueError(f"kind={kind!r} not in {CORRUPTIONS}")
     *batch, height, width, _ = x.shape
     if kind == "noise":
-        flip = jax.random.bernoulli(rng, amount, (*batch, height, width, 1))
-        return jnp.where(flip, 1.0 - x, x)
+        hit = jax.random.bernoulli(rng, amount, (*batch, height, width, 1))
+        if binary:
+            return jnp.where(hit, 1.0 - x, x)
+        value_key = jax.random.fold_in(rng, 1)
+        value = jax.random.uniform(value_key, x.shape, x.dtype, minval=-1.0, maxval=1.0)
+        return jnp.where(hit, value, x)
     side = occlusion_side(height, width, amount)
     rng_row, rng_col = jax.random.split(rng)
     top = jax.random.randint(rng_row, (*batch, 1, 1, 1), 0, height - side + 1)

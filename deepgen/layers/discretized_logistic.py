@@ -308,3 +308,30 @@ def pixelcnn_pp_sample(
     x_g = channel(1, mean_BxHxWxC[..., 1] + c_BxHxWxC[..., 0] * x_r)
     x_b = channel(2, mean_BxHxWxC[..., 2] + c_BxHxWxC[..., 1] * x_r + c_BxHxWxC[..., 2] * x_g)
     return jnp.stack([x_r, x_g, x_b], axis=-1)
+
+
+def pixelcnn_pp_num_params(num_channels: int, num_mixtures: int) -> int:
+    """P, the parameters per pixel of pixelcnn_pp_log_prob: 10 M for RGB, 3 M for one channel."""
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels={num_channels}: the mixture is built for 1 or 3 channels")
+    return num_mixtures * (10 if num_channels == 3 else 3)
+
+
+def pixelcnn_pp_mean(params_BxHxWxP: jax.Array, *, num_mixtures: int) -> jax.Array:
+    """The mixture's mean image (B, H, W, C) before discretisation, clipped to [-1, 1].
+
+    Within component m, E[x_R] = mu_R, E[x_G] = mu_G + c0 E[x_R], E[x_B] = mu_B + c1 E[x_R]
+    + c2 E[x_G] (the coupling is linear); these are weighted by pi. It ignores the bins and the
+    clipping of the tails at +-1, so it is the mean of the continuous mixture, a display and
+    feedback image rather than the exact mean of the discrete distribution.
+    """
+    num_channels = _num_channels(params_BxHxWxP.shape[-1], num_mixtures)
+    params_BxHxWxP = params_BxHxWxP.astype(_compute_dtype(params_BxHxWxP))
+    logits, means, _, coeffs = _split_params(params_BxHxWxP, num_mixtures, num_channels)
+    if coeffs is not None:
+        e_r = means[..., 0, :]
+        e_g = means[..., 1, :] + coeffs[..., 0, :] * e_r
+        e_b = means[..., 2, :] + coeffs[..., 1, :] * e_r + coeffs[..., 2, :] * e_g
+        means = jnp.stack([e_r, e_g, e_b], axis=-2)
+    weights_BxHxWx1xM = jax.nn.softmax(logits, axis=-1)[..., None, :]
+    return jnp.clip(jnp.sum(weights_BxHxWx1xM * means, axis=-1), -1.0, 1.0)

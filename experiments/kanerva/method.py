@@ -5,27 +5,32 @@ deepgen/kanerva/episodes.py; this file wires them to the core loop (Wu, Wayne, G
 Lillicrap, "The Kanerva Machine: A Generative Distributed Memory", arXiv:1804.01756).
 
 Training: one step is one optimiser step on the negative episode ELBO of train.batch_size episodes
-of data.episode_length binarised images each (model.kind="kanerva"), or on the VAE's bound over
+of data.episode_length images each (grey images binarised afresh; CIFAR-10's colour images as
+bin centres on [-1, 1] under a discretised logistic mixture) (model.kind="kanerva"), or on the VAE's bound over
 the same episodes (model.kind="vae": the same encoder, z-posterior MLP and decoder, a N(0, I) prior
 and no memory). The unit's examples are images (batch_size * episode_length per step).
 
 Eval (`eval.json`), on the held-out episodes of eval.split (a fixed permutation of the split cut
-into floor(N / T) episodes, each binarised eval.repeats times with fixed seeds):
+into floor(N / T) episodes, grey ones binarised eval.repeats times with fixed seeds; colour
+episodes are fixed, and the repeats redraw only the model's samples):
 * `nll_bound_nats_per_image`: the negative episode ELBO per image (model.episode_elbo with
   eval.num_memory_samples draws of M), averaged over repeats, then over episodes, with its standard
-  error over episodes; and its terms reconstruction, kl_y, kl_z and kl_memory (0 for the VAE).
+  error over episodes; and its terms reconstruction, kl_y, kl_z and kl_memory (0 for the VAE);
+  `nll_bound_bits_per_dim`, the same bound in bits per sub-pixel (CIFAR-10's usual unit).
 * `iterative_reading_error`: {"noise": [...], "occlusion": [...]}, entry i the error after i
   feedback iterations (i = 0 is the first read), i = 0..eval.read_iterations. The error is the
-  mean absolute difference per pixel between the read-out Bernoulli probabilities and the clean
-  binarised images (the first repeat's binarisation). The Kanerva Machine writes the clean
+  mean absolute difference per pixel between the read-out image (`km.decoder_mean`: Bernoulli
+  probabilities, or the logistic mixture's mean) and the clean image (the first repeat's
+  binarisation), in [0, 1] intensity units (colour differences on [-1, 1] are halved). The Kanerva Machine writes the clean
   episode (`write_episode`) and reads from corrupted copies of its images
   (`iterative_read`, deterministic: the posterior means and M = R); "noise" flips each pixel with
-  probability eval.noise, "occlusion" blanks a square of about eval.occlusion of the image. The
+  probability eval.noise (colour: replaces it by a uniform random colour), "occlusion" blanks a
+  square of about eval.occlusion of the image. The
   VAE has no memory: its "reads" are its own reconstructions (encoder mean, decoder
   probabilities) fed back the same way, from the same corrupted queries. `corrupted_query_error`
   is the error of the queries themselves.
-* The baseline: the independent per-pixel Bernoulli fit to the training images, on the same
-  held-out images. The VAE's `nll_bound_nats_per_image` (a run of a vae_* variant) is the
+* The baseline: the independent per-pixel Bernoulli fit to the training images (colour: an
+  independent 256-way histogram per sub-pixel), on the same held-out images. The VAE's `nll_bound_nats_per_image` (a run of a vae_* variant) is the
   comparison the paper makes.
 
 Samples: denoising grids (rows: clean, corrupted, then the reads) for noise and for occlusion; and
@@ -57,25 +62,31 @@ from deepgen.core.errors import ConfigError
 from deepgen.core.optim import make_optimizer
 from deepgen.core.train_loop import Unit
 from deepgen.core.validate import Checker
-from deepgen.data import mnist, omniglot
+from deepgen.data import cifar10, mnist, omniglot
 from deepgen.data.images import ImageSplit
 from deepgen.data.pipeline import EpochIterator
 from deepgen.kanerva import episodes
 from deepgen.kanerva import memory as mem
 from deepgen.kanerva import model as km
+from deepgen.layers import discretized_logistic
 from experiments.contract import Method
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("mnist", "omniglot")
+DATASETS = ("mnist", "omniglot", "cifar10")
 KINDS = ("kanerva", "vae")
 QUICK_MAX_EPISODES = 16
 TERMS = ("nll_bound", "reconstruction", "kl_y", "kl_z", "kl_memory")
-ERROR_MEASURE = (
-    "mean absolute difference per pixel between the read-out Bernoulli probabilities and the "
-    "clean binarised images"
-)
-BASELINE_NAME = "independent per-pixel Bernoulli fit to the training images"
+ERROR_MEASURE = {
+    True: "mean absolute difference per pixel between the read-out Bernoulli probabilities and "
+    "the clean binarised images",
+    False: "mean absolute difference per sub-pixel between the read-out image (the logistic "
+    "mixture's mean) and the clean image, in [0, 1] intensity units",
+}
+BASELINE_NAME = {
+    True: "independent per-pixel Bernoulli fit to the training images",
+    False: "independent 256-way histogram per sub-pixel fit to the training images",
+}
 
 
 class KanervaState(struct.PyTreeNode):
@@ -95,15 +106,15 @@ def vae_iterative_reconstruction(
 ) -> jax.Array:
     """The VAE's counterpart of iterative reading: (num_iterations + 1) x B x H x W x C.
 
-    Each pass maps x to the decoder's probabilities at the mean of q(z|x) and feeds them back.
+    Each pass maps x to the decoder's mean image at the mean of q(z|x) and feeds it back.
     """
     apply = functools.partial(model.apply, params)
 
     def one_pass(x_BxHxWxC, _):
         features = apply(x_BxHxWxC, method=km.KanervaMachine.encode)
         mean_z, _ = apply(features, None, method=km.KanervaMachine.posterior_z)
-        probs = jax.nn.sigmoid(apply(mean_z, method=km.KanervaMachine.decode))
-        return probs, probs
+        image = km.decoder_mean(model, apply(mean_z, method=km.KanervaMachine.decode))
+        return image, image
 
     _, reads = jax.lax.scan(one_pass, x_query_BxHxWxC, None, length=num_iterations + 1)
     return reads
@@ -124,14 +135,9 @@ class KanervaMethod(Method):
         check.common()
         check.optimiser()
         # Two choices are spelled out: main._one_line would show a 2-tuple as "a: b".
-        check(
-            config.data.name in DATASETS,
-            "data.name",
-            "'mnist' or 'omniglot' (binary images; cifar10 needs a discretised logistic decoder, "
-            "not built yet)",
-        )
-        sources = mnist.SOURCES if config.data.name == "mnist" else omniglot.SOURCES
-        check.one_of("data.source", sources)
+        check.one_of("data.name", DATASETS)
+        sources = {"mnist": mnist.SOURCES, "omniglot": omniglot.SOURCES, "cifar10": cifar10.SOURCES}
+        check.one_of("data.source", sources[config.data.name])
         check(config.model.kind in KINDS, "model.kind", "'kanerva' or 'vae'")
         check.positive(
             "data.episode_length",
@@ -140,6 +146,7 @@ class KanervaMethod(Method):
             "model.key_size",
             "model.key_latent_size",
             "model.feature_size",
+            "model.num_mixtures",
             "eval.repeats",
             "eval.batch_size",
             "eval.read_iterations",
@@ -161,6 +168,7 @@ class KanervaMethod(Method):
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)
         self.use_memory = config.model.kind == "kanerva"
+        self.binary = config.data.name != "cifar10"  # else colour under the logistic mixture
         self.episode_length = int(config.data.episode_length)
         self.train_data = self._load("train")  # eval's baseline needs it too
         needed = int(config.train.batch_size) * self.episode_length
@@ -179,13 +187,22 @@ class KanervaMethod(Method):
         kwargs = {"data_dir": data.dir or None, "source": data.source}
         if data.name == "omniglot":
             return omniglot.load_omniglot(split, **kwargs)
+        if data.name == "cifar10":
+            return cifar10.load_cifar10(split, **kwargs)
         return mnist.load_mnist(split, name=data.name, **kwargs)
+
+    def _model_images(self, split: ImageSplit) -> np.ndarray:
+        """Grey intensities N x H x W in [0, 1] (binarised later), or colour bin centres N x H x W x C."""
+        if self.binary:
+            return split.intensities_NxHxW
+        centres = discretized_logistic.to_bin_centres(split.images_NxHxWxC, km.NUM_PIXEL_LEVELS)
+        return np.asarray(centres, np.float32)
 
     def _build_model(self) -> km.KanervaMachine:
         m = self.config.model
-        height, width = self.train_data.intensities_NxHxW.shape[1:]
+        height, width, *channels = self.train_data.images.shape[1:]
         return km.KanervaMachine(
-            image_shape=(height, width, 1),
+            image_shape=(height, width, channels[0] if channels else 1),
             code_size=int(m.code_size),
             memory_size=int(m.memory_size),
             key_size=int(m.key_size),
@@ -195,7 +212,8 @@ class KanervaMethod(Method):
             posterior_hidden_units=tuple(m.posterior_hidden_units),
             encoder_channels=tuple(m.encoder_channels),
             decoder_channels=tuple(m.decoder_channels),
-            likelihood="bernoulli",
+            likelihood="bernoulli" if self.binary else "logistic",
+            num_mixtures=int(m.num_mixtures),
             normalize_addresses=bool(m.normalize_addresses),
             use_memory=self.use_memory,
         )
@@ -211,11 +229,12 @@ class KanervaMethod(Method):
         """Epochs of disjoint episodes from a fresh permutation, binarised afresh (episodes.py)."""
         batch_size = int(self.config.train.batch_size)
         return episodes.training_episodes(
-            self.train_data.intensities_NxHxW,
+            self._model_images(self.train_data),
             episode_length=self.episode_length,
             episodes_per_batch=batch_size,
             seed=int(self.config.seed),
             process_rows=distributed.process_slice(batch_size),
+            binary=self.binary,
         )
 
     def init_state(self, rng: jax.Array) -> KanervaState:
@@ -279,17 +298,25 @@ class KanervaMethod(Method):
         return str(self.config.eval.split)
 
     def _heldout(self, split: str) -> tuple[ImageSplit, np.ndarray]:
-        """(the split, its held-out episodes' grey values E x T x H x W)."""
+        """(the split, its held-out episodes: grey values E x T x H x W or colour E x T x H x W x C)."""
         data = self._load(split)
         if data.num_examples < self.episode_length:
             raise ConfigError(
                 f"config.data.episode_length={self.episode_length} exceeds the "
                 f"{data.num_examples} images of {data.source}"
             )
-        intensities = episodes.heldout_episodes(
-            data.intensities_NxHxW, episode_length=self.episode_length, seed=int(self.config.seed)
+        images = episodes.heldout_episodes(
+            self._model_images(data), episode_length=self.episode_length, seed=int(self.config.seed)
         )
-        return data, intensities
+        return data, images
+
+    def _episodes_for(self, heldout_ExTx: np.ndarray, repeat: int) -> np.ndarray:
+        """The model's input for one repeat: a fixed binarisation (grey) or the images (colour)."""
+        if self.binary:
+            return episodes.binarise_episodes(
+                heldout_ExTx, seed=int(self.config.seed), repeat=repeat
+            )
+        return heldout_ExTx
 
     def _over_episodes(
         self, fn: Callable, x_ExTxHxWxC: np.ndarray, params: Any, key: jax.Array
@@ -356,9 +383,10 @@ class KanervaMethod(Method):
         config = self.config.eval
         key_write, key_noise, key_occlusion, key_read = jax.random.split(key, 4)
         queries_of = x_TxHxWxC[:num_queries]
+        corrupt = functools.partial(km.corrupt, binary=self.binary)
         queries = {
-            "noise": km.corrupt(key_noise, queries_of, kind="noise", amount=float(config.noise)),
-            "occlusion": km.corrupt(
+            "noise": corrupt(key_noise, queries_of, kind="noise", amount=float(config.noise)),
+            "occlusion": corrupt(
                 key_occlusion, queries_of, kind="occlusion", amount=float(config.occlusion)
             ),
         }
@@ -381,14 +409,17 @@ class KanervaMethod(Method):
 
     def _reading_errors(self, params: Any, x_BxTxHxWxC: jax.Array, keys_B: jax.Array) -> tuple:
         """({kind: B x (k + 1) read errors}, {kind: B query errors}) for B episodes."""
+        to_unit = 1.0 if self.binary else 0.5  # colour differences on [-1, 1] -> [0, 1] units
 
         def one(x_TxHxWxC, episode_key):
             queries, reads = self._corrupted_reads(params, x_TxHxWxC, episode_key)
             read_errors = {
-                kind: jnp.mean(jnp.abs(r - x_TxHxWxC[None]), axis=(1, 2, 3, 4))
+                kind: to_unit * jnp.mean(jnp.abs(r - x_TxHxWxC[None]), axis=(1, 2, 3, 4))
                 for kind, r in reads.items()
             }
-            query_errors = {kind: jnp.mean(jnp.abs(q - x_TxHxWxC)) for kind, q in queries.items()}
+            query_errors = {
+                kind: to_unit * jnp.mean(jnp.abs(q - x_TxHxWxC)) for kind, q in queries.items()
+            }
             return read_errors, query_errors
 
         return jax.vmap(one)(x_BxTxHxWxC, keys_B)
@@ -402,10 +433,10 @@ class KanervaMethod(Method):
         config = self.config
         seed = int(config.seed)
         split = str(config.eval.split)
-        eval_data, intensities_ExTxHxW = self._heldout(split)
+        eval_data, heldout_ExTx = self._heldout(split)
         if quick:
-            intensities_ExTxHxW = intensities_ExTxHxW[:QUICK_MAX_EPISODES]
-        num_episodes, T = intensities_ExTxHxW.shape[:2]
+            heldout_ExTx = heldout_ExTx[:QUICK_MAX_EPISODES]
+        num_episodes, T = heldout_ExTx.shape[:2]
         repeats = 1 if quick else int(config.eval.repeats)
         tracker = progress("eval", repeats + 1, unit="passes")
         base_key = jax.random.key(seed)
@@ -413,7 +444,7 @@ class KanervaMethod(Method):
         terms_R: dict[str, list] = {term: [] for term in TERMS}
         first_x = None
         for repeat in range(repeats):
-            x = episodes.binarise_episodes(intensities_ExTxHxW, seed=seed, repeat=repeat)
+            x = self._episodes_for(heldout_ExTx, repeat)
             first_x = x if first_x is None else first_x
             key = jax.random.fold_in(base_key, 2000 + repeat)
             terms = self._over_episodes(self._episode_terms, x, state.params, key)
@@ -432,6 +463,10 @@ class KanervaMethod(Method):
             values = per_episode[term]
             report[f"{term}_nats_per_image"] = float(values.mean())
             report[f"{term}_nats_per_image_stderr"] = _stderr(values)
+        num_dims = int(np.prod(self.model.image_shape))
+        report["nll_bound_bits_per_dim"] = report["nll_bound_nats_per_image"] / (
+            num_dims * math.log(2.0)
+        )
         errors = {k: np.asarray(v, np.float64) for k, v in read_errors.items()}
         m = config.model
         report.update(
@@ -443,7 +478,7 @@ class KanervaMethod(Method):
             },
             corrupted_query_error={k: float(np.mean(v)) for k, v in query_errors.items()},
             iterative_reading={
-                "measure": ERROR_MEASURE,
+                "measure": ERROR_MEASURE[self.binary],
                 "reader": (
                     "Kanerva Machine: write the clean episode, read with the posterior means and "
                     "M = R, feed the probabilities back"
@@ -453,7 +488,7 @@ class KanervaMethod(Method):
                 "noise_flip_probability": float(config.eval.noise),
                 "occlusion_fraction": float(config.eval.occlusion),
                 "occlusion_side_pixels": km.occlusion_side(
-                    *intensities_ExTxHxW.shape[2:4], float(config.eval.occlusion)
+                    *heldout_ExTx.shape[2:4], float(config.eval.occlusion)
                 ),
                 "iterations": int(config.eval.read_iterations),
             },
@@ -471,14 +506,24 @@ class KanervaMethod(Method):
             data_source=f"{eval_data.source} ({eval_data.num_examples} images)",
             num_examples=int(num_episodes * T),
             baseline={
-                "name": BASELINE_NAME,
-                "nll_nats_per_image": mnist.independent_bernoulli_nll_nats(
-                    self.train_data.intensities_NxHxW,
-                    intensities_ExTxHxW.reshape(-1, *intensities_ExTxHxW.shape[2:]),
-                ),
+                "name": BASELINE_NAME[self.binary],
+                "nll_nats_per_image": self._baseline_nll(eval_data, heldout_ExTx),
             },
         )
         return report
+
+    def _baseline_nll(self, eval_data: ImageSplit, heldout_ExTx: np.ndarray) -> float:
+        """The baseline's NLL (nats/image) of the held-out episodes' images."""
+        if self.binary:
+            return mnist.independent_bernoulli_nll_nats(
+                self.train_data.intensities_NxHxW, heldout_ExTx.reshape(-1, *heldout_ExTx.shape[2:])
+            )
+        index_ExT = episodes.heldout_order(
+            eval_data.num_examples, episode_length=self.episode_length, seed=int(self.config.seed)
+        )[: len(heldout_ExTx)]
+        return cifar10.independent_categorical_nll_nats(
+            self.train_data.images_NxHxWxC, eval_data.images_NxHxWxC[index_ExT.reshape(-1)]
+        )
 
     def format_eval(self, report: Mapping[str, Any]) -> str:
         """The bound and its terms, the reading errors and the baseline, in one line."""
@@ -499,11 +544,13 @@ class KanervaMethod(Method):
             + " ".join(f"{e:.3f}" for e in errors)
             for kind, errors in report["iterative_reading_error"].items()
         )
+        bits = "" if self.binary else f" ({report['nll_bound_bits_per_dim']:.3f} bits/dim)"
         return (
             f"{report['model']}: bound {report['nll_bound_nats_per_image']:.2f}"
-            f"{err('nll_bound_nats_per_image')} = {terms} {report['unit']} on "
+            f"{err('nll_bound_nats_per_image')}{bits} = {terms} {report['unit']} on "
             f"{report['num_episodes']} {report['split']} episodes of {report['episode_length']} "
-            f"({report['repeats']} binarisation{'s' if report['repeats'] != 1 else ''}); "
+            f"({report['repeats']} {'binarisation' if self.binary else 'repeat'}"
+            f"{'s' if report['repeats'] != 1 else ''}); "
             f"reading error ({reading}); baseline "
             f"{report['baseline']['nll_nats_per_image']:.2f} ({report['baseline']['name']})"
         )
@@ -520,7 +567,7 @@ class KanervaMethod(Method):
         C = self.model.code_size
         if not self.use_memory:
             z = jax.random.normal(key_z, (num_samples, C))
-            samples = jax.nn.sigmoid(apply(z, method=km.KanervaMachine.decode))
+            samples = km.decoder_mean(self.model, apply(z, method=km.KanervaMachine.decode))
             return {"queries": queries, "reads": reads, "samples": samples}
         key_write, key_m = jax.random.split(key_memory)
         memory = km.write_episode(params, model=self.model, x_TxHxWxC=x_TxHxWxC, rng=key_write)
@@ -530,7 +577,7 @@ class KanervaMethod(Method):
             w = apply(y, method=km.KanervaMachine.address)
             noise_variance = apply(method=km.KanervaMachine.noise_variance)
             z = w @ M_KxC + jnp.sqrt(noise_variance) * jax.random.normal(key_z, (num_samples, C))
-        samples = jax.nn.sigmoid(apply(z, method=km.KanervaMachine.decode))
+        samples = km.decoder_mean(self.model, apply(z, method=km.KanervaMachine.decode))
         cleaned = km.iterative_read(
             params,
             model=self.model,
@@ -545,11 +592,13 @@ class KanervaMethod(Method):
         """Denoising grids (noise, occlusion) and one-shot samples (module docstring)."""
         config = self.config
         tracker = progress("sample", 1, unit="passes")
-        _, intensities_ExTxHxW = self._heldout(str(config.eval.split))
-        x = episodes.binarise_episodes(intensities_ExTxHxW[:1], seed=int(config.seed), repeat=0)[0]
+        _, heldout_ExTx = self._heldout(str(config.eval.split))
+        x = self._episodes_for(heldout_ExTx[:1], repeat=0)[0]
         key = jax.random.fold_in(jax.random.key(int(config.seed)), 4000)
         out = jax.device_get(jax.jit(self._sample_arrays)(state.params, jnp.asarray(x), key))
         tracker.advance()
+        if not self.binary:  # bin centres on [-1, 1] -> intensities for the PNGs
+            x, out = jax.tree.map(lambda a: (np.asarray(a) + 1.0) / 2.0, (x, out))
         if jax.process_index() != 0:
             return {}
         num_queries = min(int(config.sample.num_queries), self.episode_length)
@@ -557,7 +606,11 @@ class KanervaMethod(Method):
         reader = "reads" if self.use_memory else "VAE reconstructions"
         written = {}
         for kind, what in (
-            ("noise", f"{config.eval.noise:.0%} of pixels flipped"),
+            (
+                "noise",
+                f"{config.eval.noise:.0%} of pixels "
+                + ("flipped" if self.binary else "replaced by random colours"),
+            ),
             ("occlusion", f"a square of {config.eval.occlusion:.0%} blanked"),
         ):
             rows = [x[:num_queries], out["queries"][kind], *out["reads"][kind]]
@@ -577,7 +630,7 @@ class KanervaMethod(Method):
             )
             written[label] = plots.save_image_grid(np.concatenate(rows), path, num_cols=num_samples)
         else:
-            written["samples from N(0, I) (decoder probabilities)"] = plots.save_image_grid(
+            written["samples from N(0, I) (decoder means)"] = plots.save_image_grid(
                 out["samples"], path
             )
         return written

@@ -445,3 +445,20 @@ def test_pixel_map_rejects_bad_input() -> None:
         cifar10.pixels_to_bfn(ALL_PIXELS, 1)
     with pytest.raises(ValueError, match="NaN"):
         cifar10.bfn_to_pixels(np.array([0.0, np.nan]), 16)
+
+
+def test_independent_categorical_baseline_equals_a_brute_force_count() -> None:
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(7, 2, 2, 3), dtype=np.uint8)
+    train[:, 0, 0, 0] = 5  # one sub-pixel always 5 in training
+    test = rng.integers(0, 256, size=(4, 2, 2, 3), dtype=np.uint8)
+    test[0, 0, 0, 0] = 5
+    expected = 0.0
+    for image in test:
+        for index in np.ndindex(*image.shape):
+            count = np.sum(train[(slice(None), *index)] == image[index])
+            expected -= np.log((count + 0.5) / (len(train) + 0.5 * 256))
+    got = cifar10.independent_categorical_nll_nats(train, test)
+    assert got == pytest.approx(expected / len(test), rel=1e-12)
+    with pytest.raises(ValueError, match="uint8"):
+        cifar10.independent_categorical_nll_nats(train.astype(np.float32), test)

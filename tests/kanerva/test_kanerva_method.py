@@ -1,4 +1,5 @@
-"""The Kanerva method's pieces on the smoke config: a train step, a quick eval, validation."""
+"""The Kanerva method's pieces on the smoke configs (binary and colour): a train step, a quick eval,
+samples, validation."""
 
 import functools
 import math
@@ -49,13 +50,17 @@ def built(variant: str):
     return method, state, step
 
 
-@pytest.mark.parametrize("variant", ["smoke", "vae_smoke"])
+@pytest.mark.parametrize("variant", ["smoke", "vae_smoke", "cifar10_smoke"])
 def test_a_train_step_on_a_smoke_batch_gives_finite_metrics(variant):
     method, state, step = built(variant)
     batch = next(method.batches())
     config = method.config
     T = config.data.episode_length
-    assert batch["x"].shape == (config.train.batch_size, T, 28, 28, 1)
+    image_shape = (32, 32, 3) if variant == "cifar10_smoke" else (28, 28, 1)
+    assert method.model.image_shape == image_shape
+    assert batch["x"].shape == (config.train.batch_size, T, *image_shape)
+    if variant == "cifar10_smoke":  # bin centres on [-1, 1], not binarised
+        assert np.all(np.abs(batch["x"]) <= 1.0) and len(np.unique(batch["x"])) > 2
     batch = distributed.global_batch(batch, mesh_lib.batch_sharding(method.mesh))
     new_state, metrics = step(jax.tree.map(jnp.copy, state), batch, jax.random.key(1))
     metrics = jax.device_get(metrics)
@@ -69,7 +74,7 @@ def test_a_train_step_on_a_smoke_batch_gives_finite_metrics(variant):
     assert method.unit().examples_per_unit == config.train.batch_size * T
 
 
-@pytest.mark.parametrize("variant", ["smoke", "vae_smoke"])
+@pytest.mark.parametrize("variant", ["smoke", "vae_smoke", "cifar10_smoke"])
 def test_a_quick_eval_reports_the_bound_its_terms_and_the_reading_errors(variant):
     method, state, _ = built(variant)
     report = method.evaluate(state, step=0, quick=True, progress=NoProgress)
@@ -88,15 +93,36 @@ def test_a_quick_eval_reports_the_bound_its_terms_and_the_reading_errors(variant
     errors = report["iterative_reading_error"]
     assert set(errors) == {"noise", "occlusion"}
     assert all(len(v) == k + 1 and all(0.0 <= e <= 1.0 for e in v) for v in errors.values())
-    # Flipping 15% of the pixels gives queries about 15% wrong.
-    assert report["corrupted_query_error"]["noise"] == pytest.approx(0.15, abs=0.02)
+    dims = math.prod(method.model.image_shape)
+    assert report["nll_bound_bits_per_dim"] == pytest.approx(
+        report["nll_bound_nats_per_image"] / (dims * math.log(2.0))
+    )
+    if variant == "cifar10_smoke":
+        # 15% of pixels replaced by uniform colours: |u - x| / 2 averages at most 1/2 per hit.
+        assert 0.0 < report["corrupted_query_error"]["noise"] < 0.15 * 0.5 + 0.02
+        assert "histogram" in report["baseline"]["name"]
+        assert "bits/dim" in method.format_eval(report)
+    else:
+        # Flipping 15% of the pixels gives queries about 15% wrong.
+        assert report["corrupted_query_error"]["noise"] == pytest.approx(0.15, abs=0.02)
     assert report["baseline"]["nll_nats_per_image"] > 0
     assert "bound" in method.format_eval(report)
 
 
-def test_cifar10_is_refused_with_one_line_naming_the_missing_decoder():
+def test_colour_samples_are_written_as_rgb_pngs(tmp_path):
+    from PIL import Image
+
+    method, state, _ = built("cifar10_smoke")
+    written = method.sample(state, str(tmp_path), step=0, progress=NoProgress)
+    assert len(written) == 3
+    for label, path in written.items():
+        assert ": " not in label
+        assert Image.open(path).mode == "RGB"
+
+
+def test_an_unknown_dataset_is_refused_with_one_line_naming_the_choices():
     config = configs.get_config("smoke")
-    config.data.name = "cifar10"
-    with pytest.raises(ConfigError, match="logistic decoder") as error:
+    config.data.name = "svhn"
+    with pytest.raises(ConfigError, match="cifar10") as error:
         KanervaMethod.validate(config)
     assert "\n" not in str(error.value)

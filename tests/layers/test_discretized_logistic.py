@@ -14,6 +14,8 @@ from deepgen.layers.discretized_logistic import (
     from_bin_centres,
     mix_logistic_sample,
     pixelcnn_pp_log_prob,
+    pixelcnn_pp_mean,
+    pixelcnn_pp_num_params,
     pixelcnn_pp_sample,
     to_bin_centres,
 )
@@ -359,3 +361,48 @@ def test_pixelcnn_pp_sample_matches_the_joint_likelihood_and_couples_channels():
         assert np.mean(np.abs(diff)) < 0.1 * (2 / 255) and np.max(np.abs(diff)) < 0.05
     corr = np.corrcoef(r[1], g[1])[0, 1]  # without coupling G is independent of R
     assert abs(corr) < 5 / np.sqrt(r.shape[1]) and np.max(np.abs(g[1])) < 0.02
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_pixelcnn_pp_mean_is_the_mean_of_the_coupled_continuous_mixture(num_channels):
+    """Against a float64 Monte Carlo of the generative process (component, then R, G | R, B | R, G).
+
+    Means within +-0.15 and scales e^-5 keep every coupled draw inside [-1, 1], so the clip never
+    acts.
+    """
+    rng = np.random.default_rng(0)
+    m, n = 3, 200_000
+    num_params = pixelcnn_pp_num_params(num_channels, m)
+    params = rng.normal(size=(1, 2, 1, num_params)).astype(np.float32)
+    params[..., m:] = 0.0
+    per_channel = 3 * m if num_channels == 3 else 2 * m
+    rest = params[..., m:].reshape(1, 2, 1, num_channels, per_channel)
+    rest[..., :m] = rng.uniform(-0.15, 0.15, size=rest[..., :m].shape)  # means
+    rest[..., m : 2 * m] = -5.0  # log scales
+    if num_channels == 3:
+        rest[..., 2 * m :] = rng.normal(size=rest[..., 2 * m :].shape)  # raw coefficients
+    params[..., m:] = rest.reshape(1, 2, 1, -1)
+    mean = np.asarray(pixelcnn_pp_mean(jnp.asarray(params), num_mixtures=m), np.float64)
+
+    p64 = params.astype(np.float64)[0, :, 0]  # 2 pixels x P
+    weights = np.exp(p64[:, :m]) / np.exp(p64[:, :m]).sum(-1, keepdims=True)
+    blocks = p64[:, m:].reshape(2, num_channels, per_channel)
+    for pixel in range(2):
+        component = rng.choice(m, size=n, p=weights[pixel])
+        mu = blocks[pixel, :, :m][:, component]  # C x n
+        scale = np.exp(blocks[pixel, :, m : 2 * m][:, component])
+        u = rng.uniform(size=(num_channels, n))
+        x = mu + scale * (np.log(u) - np.log1p(-u))
+        if num_channels == 3:
+            c = np.tanh(blocks[pixel, :, 2 * m :][:, component])
+            x[1] = x[1] + c[0] * x[0]
+            x[2] = x[2] + c[1] * x[0] + c[2] * x[1]
+        assert np.all(np.abs(x) < 1.0)
+        stderr = x.std(axis=1) / np.sqrt(n)
+        np.testing.assert_array_less(np.abs(x.mean(axis=1) - mean[0, pixel, 0]), 5 * stderr + 1e-6)
+
+
+def test_pixelcnn_pp_num_params_matches_the_layouts_the_likelihood_reads():
+    assert pixelcnn_pp_num_params(3, 5) == 50 and pixelcnn_pp_num_params(1, 5) == 15
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        pixelcnn_pp_num_params(2, 5)
