@@ -85,6 +85,8 @@ class KanervaMachine(nn.Module):
     num_mixtures: int = 5  # logistics per pixel (likelihood "logistic" only)
     normalize_addresses: bool = False
     use_memory: bool = True
+    init_read_noise_variance: float = 1.0  # sigma_xi^2 at initialisation
+    init_memory_variance: float = 1.0  # sigma0^2 (U0 = sigma0^2 I) at initialisation
 
     def setup(self):
         if self.likelihood not in LIKELIHOODS:
@@ -105,8 +107,14 @@ class KanervaMachine(nn.Module):
         self.key_net = MLP(tuple(self.key_hidden_units), S)
         self.A_SxK = self.param("A_SxK", nn.initializers.normal(1.0 / math.sqrt(S * K)), (S, K))
         self.R0_KxC = self.param("R0_KxC", nn.initializers.truncated_normal(1.0), (K, C))
-        self.log_sigma0_sq = self.param("log_sigma0_sq", nn.initializers.zeros, ())
-        self.log_noise_variance = self.param("log_noise_variance", nn.initializers.zeros, ())
+        self.log_sigma0_sq = self.param(
+            "log_sigma0_sq", nn.initializers.constant(math.log(self.init_memory_variance)), ()
+        )
+        self.log_noise_variance = self.param(
+            "log_noise_variance",
+            nn.initializers.constant(math.log(self.init_read_noise_variance)),
+            (),
+        )
 
     def encode(self, x_BxHxWxC: jax.Array) -> jax.Array:
         """The features e(x): a ReLU of the conv encoder's Dense head; B x feature_size."""

@@ -147,6 +147,8 @@ class KanervaMethod(Method):
             "model.key_latent_size",
             "model.feature_size",
             "model.num_mixtures",
+            "model.init_read_noise_variance",
+            "model.init_memory_variance",
             "eval.repeats",
             "eval.batch_size",
             "eval.read_iterations",
@@ -216,6 +218,8 @@ class KanervaMethod(Method):
             num_mixtures=int(m.num_mixtures),
             normalize_addresses=bool(m.normalize_addresses),
             use_memory=self.use_memory,
+            init_read_noise_variance=float(m.init_read_noise_variance),
+            init_memory_variance=float(m.init_memory_variance),
         )
 
     # ---- training ----------------------------------------------------------------------------
