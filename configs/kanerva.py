@@ -79,6 +79,9 @@ def _base(kind: str) -> ConfigDict:
     config.eval.noise = 0.15  # flip probability of noisy queries [ours; paper-like]
     config.eval.occlusion = 0.25  # fraction of the image blanked by a square [ours]
     config.eval.read_iterations = 5  # feedback iterations of iterative reading [ours]
+    # What each iteration feeds back: "mean" (the decoder's probabilities) or "binary" (the most
+    # probable binary image; grey data only, colour always feeds back the mean) [ours].
+    config.eval.feedback = "binary"
 
     config.sample = ConfigDict()
     config.sample.num_queries = 8  # images per denoising grid row

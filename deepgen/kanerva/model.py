@@ -330,19 +330,24 @@ def iterative_read(
     num_iterations: int,
     rng: jax.Array,
     sample: bool = False,
+    binarise_feedback: bool = False,
 ) -> jax.Array:
     """Reconstructions from reading one memory with B queries, fed back num_iterations times.
 
     Each read: y from q(y|x), w = address(y), z from q(z|x, y, M) with the read-out w^T M, and
     the image p(x|z) expects (`decoder_mean`: Bernoulli probabilities, or the logistic mixture's
     mean), which is the next query (mean-field: the encoder takes soft inputs, and the means carry
-    no sampling noise). sample=False: the means of q(y|x)
+    no sampling noise). binarise_feedback (Bernoulli only): feed back the most probable binary
+    image (probabilities > 1/2) instead, an input like the binary images the encoder was trained
+    on; the returned reads are still the probabilities. sample=False: the means of q(y|x)
     and q(z|...) and M = the memory's mean R (a deterministic clean-up); True: y, z and one M per
     call are sampled. Returns (num_iterations + 1) x B x H x W x C in the data's units: the first
     read's reconstruction, then one per feedback.
     """
     if not model.use_memory:
         raise ValueError("iterative_read needs use_memory=True")
+    if binarise_feedback and model.likelihood != "bernoulli":
+        raise ValueError("binarise_feedback needs the Bernoulli likelihood (binary images)")
     rng_memory, rng_reads = jax.random.split(rng)
     if sample:
         with jax.default_matmul_precision("highest"):
@@ -362,12 +367,17 @@ def iterative_read(
         mean_z, log_std_z = apply(features, read_BxC, method=KanervaMachine.posterior_z)
         z = conv_vae.reparameterize(rng_z, mean_z, log_std_z) if sample else mean_z
         image = decoder_mean(model, apply(z, method=KanervaMachine.decode))
-        return image, image
+        return feedback_query(image, binarise_feedback), image
 
     _, reads = jax.lax.scan(
         one_read, x_query_BxHxWxC, jax.random.split(rng_reads, num_iterations + 1)
     )
     return reads
+
+
+def feedback_query(image: jax.Array, binarise: bool) -> jax.Array:
+    """The next query of iterative reading: the read-out image, or its most probable binary image."""
+    return (image > 0.5).astype(image.dtype) if binarise else image
 
 
 def occlusion_side(height: int, width: int, amount: float) -> int:

@@ -21,14 +21,16 @@ episodes are fixed, and the repeats redraw only the model's samples):
   feedback iterations (i = 0 is the first read), i = 0..eval.read_iterations. The error is the
   mean absolute difference per pixel between the read-out image (`km.decoder_mean`: Bernoulli
   probabilities, or the logistic mixture's mean) and the clean image (the first repeat's
-  binarisation), in [0, 1] intensity units (colour differences on [-1, 1] are halved). The Kanerva Machine writes the clean
-  episode (`write_episode`) and reads from corrupted copies of its images
-  (`iterative_read`, deterministic: the posterior means and M = R); "noise" flips each pixel with
-  probability eval.noise (colour: replaces it by a uniform random colour), "occlusion" blanks a
-  square of about eval.occlusion of the image. The
-  VAE has no memory: its "reads" are its own reconstructions (encoder mean, decoder
-  probabilities) fed back the same way, from the same corrupted queries. `corrupted_query_error`
-  is the error of the queries themselves.
+  binarisation), in [0, 1] intensity units (colour differences on [-1, 1] are halved). The
+  Kanerva Machine writes the clean episode (`write_episode`) and reads from corrupted copies of
+  its images (`iterative_read`, deterministic: the posterior means and M = R); "noise" flips
+  each pixel with probability eval.noise (colour: replaces it by a uniform random colour),
+  "occlusion" blanks a square of about eval.occlusion of the image. Each iteration feeds back
+  the most probable binary image (eval.feedback="binary", grey data; the encoder was trained on
+  binary images) or the read-out image itself ("mean"; colour always). The VAE has no memory:
+  its "reads" are its own reconstructions (encoder mean, decoder mean) fed back the same way,
+  from the same corrupted queries. `corrupted_query_error` is the error of the queries
+  themselves.
 * The baseline: the independent per-pixel Bernoulli fit to the training images (colour: an
   independent 256-way histogram per sub-pixel), on the same held-out images. The VAE's `nll_bound_nats_per_image` (a run of a vae_* variant) is the
   comparison the paper makes.
@@ -74,6 +76,7 @@ from experiments.contract import Method
 log = logging.getLogger(__name__)
 
 DATASETS = ("mnist", "omniglot", "cifar10")
+FEEDBACK = ("mean", "binary")  # what iterative reading feeds back (binary: grey data only)
 KINDS = ("kanerva", "vae")
 QUICK_MAX_EPISODES = 16
 TERMS = ("nll_bound", "reconstruction", "kl_y", "kl_z", "kl_memory")
@@ -102,7 +105,12 @@ def _stderr(values: np.ndarray) -> float | None:
 
 
 def vae_iterative_reconstruction(
-    params, *, model: km.KanervaMachine, x_query_BxHxWxC: jax.Array, num_iterations: int
+    params,
+    *,
+    model: km.KanervaMachine,
+    x_query_BxHxWxC: jax.Array,
+    num_iterations: int,
+    binarise_feedback: bool = False,
 ) -> jax.Array:
     """The VAE's counterpart of iterative reading: (num_iterations + 1) x B x H x W x C.
 
@@ -114,7 +122,7 @@ def vae_iterative_reconstruction(
         features = apply(x_BxHxWxC, method=km.KanervaMachine.encode)
         mean_z, _ = apply(features, None, method=km.KanervaMachine.posterior_z)
         image = km.decoder_mean(model, apply(mean_z, method=km.KanervaMachine.decode))
-        return image, image
+        return km.feedback_query(image, binarise_feedback), image
 
     _, reads = jax.lax.scan(one_pass, x_query_BxHxWxC, None, length=num_iterations + 1)
     return reads
@@ -160,6 +168,7 @@ class KanervaMethod(Method):
         check.in_unit_interval("eval.noise", closed=True)
         check.in_unit_interval("eval.occlusion", closed=True)
         check.one_of("eval.split", ("train", "validation", "test"))
+        check.one_of("eval.feedback", FEEDBACK)
         devices = jax.device_count()
         if config.train.batch_size % devices:
             raise ConfigError(
@@ -395,6 +404,7 @@ class KanervaMethod(Method):
             ),
         }
         k = int(config.read_iterations)
+        binarise = self.binary and config.feedback == "binary"
         if self.use_memory:
             memory = km.write_episode(params, model=self.model, x_TxHxWxC=x_TxHxWxC, rng=key_write)
             read = lambda q: km.iterative_read(
@@ -404,10 +414,15 @@ class KanervaMethod(Method):
                 x_query_BxHxWxC=q,
                 num_iterations=k,
                 rng=key_read,
+                binarise_feedback=binarise,
             )
         else:
             read = lambda q: vae_iterative_reconstruction(
-                params, model=self.model, x_query_BxHxWxC=q, num_iterations=k
+                params,
+                model=self.model,
+                x_query_BxHxWxC=q,
+                num_iterations=k,
+                binarise_feedback=binarise,
             )
         return queries, {kind: read(q) for kind, q in queries.items()}
 
@@ -485,9 +500,9 @@ class KanervaMethod(Method):
                 "measure": ERROR_MEASURE[self.binary],
                 "reader": (
                     "Kanerva Machine: write the clean episode, read with the posterior means and "
-                    "M = R, feed the probabilities back"
+                    "M = R, feed the read-out image back"
                     if self.use_memory
-                    else "VAE (no memory): decoder probabilities at the mean of q(z|x), fed back"
+                    else "VAE (no memory): the decoder mean at the mean of q(z|x), fed back"
                 ),
                 "noise_flip_probability": float(config.eval.noise),
                 "occlusion_fraction": float(config.eval.occlusion),
@@ -495,6 +510,7 @@ class KanervaMethod(Method):
                     *heldout_ExTx.shape[2:4], float(config.eval.occlusion)
                 ),
                 "iterations": int(config.eval.read_iterations),
+                "feedback": str(config.eval.feedback) if self.binary else "mean",
             },
             model=(
                 f"kanerva (memory {m.memory_size} x {m.code_size})"

@@ -18,7 +18,9 @@ K, C, Y = 6, 5, 3
 
 # Jitted once per model: eager Flax applies compile every op on its own, slowly.
 write_episode = jax.jit(km.write_episode, static_argnames="model")
-iterative_read = jax.jit(km.iterative_read, static_argnames=("model", "num_iterations", "sample"))
+iterative_read = jax.jit(
+    km.iterative_read, static_argnames=("model", "num_iterations", "sample", "binarise_feedback")
+)
 
 
 def small_model(**overrides) -> km.KanervaMachine:
@@ -224,6 +226,12 @@ def test_iterative_read_returns_one_reconstruction_per_read_in_the_unit_interval
     # The reads iterate one deterministic map, each output being the next query.
     restarted = read(x_query_BxHxWxC=reads[1], num_iterations=3)
     np.testing.assert_allclose(restarted[:2], reads[2:], rtol=1e-5, atol=1e-6)
+    # Binary feedback: the reads are still probabilities, and each next query is the read's
+    # most probable binary image.
+    binary_reads = read(x_query_BxHxWxC=queries, num_iterations=2, binarise_feedback=True)
+    np.testing.assert_allclose(binary_reads[0], reads[0], rtol=1e-6)
+    restarted = read(x_query_BxHxWxC=(binary_reads[0] > 0.5).astype(jnp.float32), num_iterations=0)
+    np.testing.assert_allclose(restarted[0], binary_reads[1], rtol=1e-5, atol=1e-6)
 
 
 def test_occlusion_sets_exactly_one_square_patch_per_image():
