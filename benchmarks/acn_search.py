@@ -49,9 +49,6 @@ import copy
 import datetime
 import functools
 import json
-import os
-import platform
-import resource
 import shlex
 import socket
 import statistics
@@ -68,10 +65,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import (  # noqa: E402
+    StepRunner,
+    available_bytes,
+    load_average,
+    machine_description,
+    parse_sizes,
+    peak_memory,
+    time_interleaved,
+)
 from configs import acn as acn_configs  # noqa: E402
 from deepgen.acn import neighbours as nn_search  # noqa: E402
 from deepgen.core import distributed  # noqa: E402
-from deepgen.core import mesh as mesh_lib  # noqa: E402
 from experiments.acn.method import ACN  # noqa: E402
 
 ACN_VARIANT, VAE_VARIANT = "mnist_cpu", "vae_mnist_cpu"
@@ -82,51 +87,6 @@ QUICK_SEARCH_SIZES = (4_000, 20_000)
 TARGET_SIZE, TARGET_RATIO = 60_000, 1.3
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "acn_search.json"
 SEED = 0
-
-
-# ---- the machine ------------------------------------------------------------------------------
-
-
-def machine_description() -> str:
-    """Device kind and count, backend, host CPU and its cores (as bfn_throughput.py words it)."""
-    device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"{device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-        f"{cpu}, {os.cpu_count()} cores"
-    )
-
-
-def load_average() -> str:
-    """The host's 1/5/15-minute load average (a busy CPU slows every number here)."""
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def available_bytes() -> int | None:
-    """Free device memory where the backend reports it, else the host's MemAvailable."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_memory() -> str:
-    """Peak device memory where the backend reports it, else the process's peak RSS."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return f"{int(stats['peak_bytes_in_use']) / 2**30:.2f} GiB (device peak)"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return f"{rss / 2**30:.2f} GiB (host peak RSS)"
 
 
 # ---- 1. the train step ------------------------------------------------------------------------
@@ -151,50 +111,6 @@ def with_table_size(method: ACN, num_codes: int) -> ACN:
         block_size=int(method.config.model.search_block_size),
     )
     return method
-
-
-class StepRunner:
-    """One method's state and its compiled train step, jitted as the core loop jits it."""
-
-    def __init__(self, label: str, method: ACN, batch: dict):
-        self.label = label
-        mesh = method.mesh
-        shardings = method.state_shardings()
-        batch_sharding = mesh_lib.batch_sharding(mesh)
-        replicated = mesh_lib.replicated(mesh)
-        seed = int(method.config.seed)
-        init_rng = jax.random.fold_in(jax.random.key(seed), 0)
-        self.rng = jax.random.fold_in(jax.random.key(seed), 1)
-        self.state = jax.jit(method.init_state, out_shardings=shardings)(init_rng)
-        self.batch = distributed.global_batch(batch, batch_sharding)
-        step = jax.jit(
-            method.train_step,
-            in_shardings=(shardings, batch_sharding, replicated),
-            out_shardings=(shardings, replicated),
-            donate_argnums=(0,),
-        )
-        started = time.perf_counter()
-        self.compiled = step.lower(self.state, self.batch, self.rng).compile()
-        self.compile_s = time.perf_counter() - started
-        self.metrics: dict = {}
-        self.times: list[float] = []
-
-    def step(self) -> float:
-        """One step, waited for; its wall seconds."""
-        started = time.perf_counter()
-        self.state, self.metrics = self.compiled(self.state, self.batch, self.rng)
-        jax.block_until_ready((self.state, self.metrics))
-        return time.perf_counter() - started
-
-
-def time_interleaved(runners: Sequence[StepRunner], *, warmup: int, steps: int) -> None:
-    """Warm every runner up, then time `steps` rounds of one step per runner, in turn."""
-    for runner in runners:
-        for _ in range(warmup):
-            runner.step()
-    for _ in range(steps):
-        for runner in runners:
-            runner.times.append(runner.step())
 
 
 def train_step_benchmark(args, sizes: Sequence[int]) -> tuple[list[dict], dict]:
@@ -502,13 +418,6 @@ def markdown(report: dict) -> str:
                 f"| {'-' if same is None else ('yes' if same else 'NO')} | {r['note']} |"
             )
     return "\n".join(lines)
-
-
-def parse_sizes(text: str | None) -> list[int] | None:
-    """'4000,60_000,1e6' -> [4000, 60000, 1000000]; None stays None."""
-    if not text:
-        return None
-    return [int(float(part.replace("_", ""))) for part in text.split(",") if part.strip()]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -28,3 +28,7 @@ for MODE in train eval sample; do
   timeout 60 python3 -m experiments.main --config=configs/acn.py:smoke --workdir=/tmp/gpu_acn \
     --mode=$MODE 2>&1 | tail -1 | sed "s/^/acn $MODE: /" | tee -a "$LOG"
 done
+# Kanerva Machine: memory write/read/KL against memory size and episode length, and the train step
+# against the VAE's with the same networks.
+timeout 180 python3 benchmarks/kanerva_cost.py --steps 15 --out=${OUT:-/tmp}/kanerva_cost.json 2>&1 \
+  | grep -E "^[|]|^ratio|^device|Error|error" | tee -a "$LOG"
