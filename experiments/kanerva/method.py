@@ -598,13 +598,15 @@ class KanervaMethod(Method):
             noise_variance = apply(method=km.KanervaMachine.noise_variance)
             z = w @ M_KxC + jnp.sqrt(noise_variance) * jax.random.normal(key_z, (num_samples, C))
         samples = km.decoder_mean(self.model, apply(z, method=km.KanervaMachine.decode))
+        binarise = self.binary and self.config.eval.feedback == "binary"
         cleaned = km.iterative_read(
             params,
             model=self.model,
             memory=memory,
-            x_query_BxHxWxC=samples,
+            x_query_BxHxWxC=km.feedback_query(samples, binarise),
             num_iterations=int(self.config.eval.read_iterations) - 1,
             rng=key_reads,
+            binarise_feedback=binarise,
         )[-1]
         return {"queries": queries, "reads": reads, "samples": samples, "cleaned": cleaned}
 
