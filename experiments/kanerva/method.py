@@ -16,7 +16,10 @@ episodes are fixed, and the repeats redraw only the model's samples):
 * `nll_bound_nats_per_image`: the negative episode ELBO per image (model.episode_elbo with
   eval.num_memory_samples draws of M), averaged over repeats, then over episodes, with its standard
   error over episodes; and its terms reconstruction, kl_y, kl_z and kl_memory (0 for the VAE);
-  `nll_bound_bits_per_dim`, the same bound in bits per sub-pixel (CIFAR-10's usual unit).
+  `nll_bound_nats_per_episode` (T times the per-image bound, the ELBO of the paper's episode)
+  and `nll_bound_bits_per_dim`, the same bound in bits per sub-pixel (CIFAR-10's usual unit);
+  `nll_bound_nats_per_image_by_episode`, the bound of each held-out episode in order, for paired
+  comparisons between runs (the Kanerva Machine and its VAE see the same episodes).
 * `iterative_reading_error`: {"noise": [...], "occlusion": [...]}, entry i the error after i
   feedback iterations (i = 0 is the first read), i = 0..eval.read_iterations. The error is the
   mean absolute difference per pixel between the read-out image (`km.decoder_mean`: Bernoulli
@@ -482,6 +485,9 @@ class KanervaMethod(Method):
             values = per_episode[term]
             report[f"{term}_nats_per_image"] = float(values.mean())
             report[f"{term}_nats_per_image_stderr"] = _stderr(values)
+        report["nll_bound_nats_per_episode"] = report["nll_bound_nats_per_image"] * T
+        # Per held-out episode, in order: paired comparisons of two runs on the same episodes.
+        report["nll_bound_nats_per_image_by_episode"] = [float(v) for v in per_episode["nll_bound"]]
         num_dims = int(np.prod(self.model.image_shape))
         report["nll_bound_bits_per_dim"] = report["nll_bound_nats_per_image"] / (
             num_dims * math.log(2.0)

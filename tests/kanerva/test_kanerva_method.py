@@ -93,6 +93,12 @@ def test_a_quick_eval_reports_the_bound_its_terms_and_the_reading_errors(variant
     errors = report["iterative_reading_error"]
     assert set(errors) == {"noise", "occlusion"}
     assert all(len(v) == k + 1 and all(0.0 <= e <= 1.0 for e in v) for v in errors.values())
+    assert report["nll_bound_nats_per_episode"] == pytest.approx(
+        report["episode_length"] * report["nll_bound_nats_per_image"]
+    )
+    by_episode = report["nll_bound_nats_per_image_by_episode"]
+    assert len(by_episode) == report["num_episodes"]
+    assert np.mean(by_episode) == pytest.approx(report["nll_bound_nats_per_image"])
     dims = math.prod(method.model.image_shape)
     assert report["nll_bound_bits_per_dim"] == pytest.approx(
         report["nll_bound_nats_per_image"] / (dims * math.log(2.0))
