@@ -22,8 +22,8 @@ Variants:
   vae_omniglot_cpu  the VAE with omniglot_cpu's networks and episodes.
   smoke, vae_smoke  seconds, for tests; cifar10_smoke the colour path in seconds (embedded crops).
 
-The _cpu sizes were set from a 40-step timing of mnist_cpu's train step on a 2-core machine while
-other jobs ran on it, not from a full run (none was made yet); see the comment in _cpu().
+The _cpu variants train in 11-13 minutes (the VAE's in 9) on a 2-core machine shared with other
+jobs; their results against the VAE are in benchmarks/RESULTS.md.
 
     python -m experiments.main --config=configs/kanerva.py:mnist_cpu --workdir=runs/km_mnist
     python -m experiments.main --config=configs/kanerva.py:vae_mnist_cpu --workdir=runs/vae_mnist
@@ -108,12 +108,10 @@ def _cpu(name: str, data_dir: str) -> ConfigDict:
     config = _base("kanerva")
     config.data.name = name
     config.data.dir = data_dir
-    # [ours] Sized from a 40-step timing, not a full run: 4 episodes of 32 (128 images) took
-    # 1.37 s a step (the VAE's 1.05 s) on 1 CPU device while other jobs kept the 2 cores busy
-    # (the process got about one core). With both cores free, guessed 0.7-0.9 s a step, so
-    # 1000 steps (128,000 images, 32 epochs of the 4,000 embedded digits) in 12-15 minutes.
-    # Batch 8 episodes (divisible by 8 devices, as the tests' fake mesh needs) and half the
-    # steps: the same 128,000 images. Not yet measured end to end.
+    # [ours] 8 episodes of 32 (256 images; divisible by the tests' 8 fake devices) for 500 steps:
+    # 128,000 images, 32 epochs of the 4,000 embedded digits. Measured on a 2-core machine shared
+    # with other jobs: 11 min 25 s (mnist_cpu), 12 min 51 s (omniglot_cpu), 8 min 41 s and
+    # 8 min 50 s for their VAEs; about 1.2 s a step against the VAE's 1.0 s.
     config.train.batch_size = 8
     config.train.num_steps = 500
     config.train.log_every = 50
