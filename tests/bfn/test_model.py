@@ -11,7 +11,7 @@ from deepgen.core.errors import ConfigError
 SMALL = dict(
     model_channels=16,
     num_groups=8,
-    channel_mult=(1, 2, 2),
+    channel_mult=(1, 2),  # two levels: a down- and an upsampling, skips with and without a conv
     num_res_blocks=1,
     attention_resolutions=(2,),  # exercises attention at 14x14 besides the middle block
     num_heads=4,
@@ -133,7 +133,7 @@ def test_paper_scale_param_count():
 def test_small_param_count_matches_torch_layout(small):
     """The small config also matches the official layer layout, attention blocks included."""
     n = count_params(small[1])
-    assert n == _torch_param_count(mc=16, nrb=1, attn_ds=(2,))
+    assert n == _torch_param_count(mc=16, mult=SMALL["channel_mult"], nrb=1, attn_ds=(2,))
 
 
 def test_timestep_embedding():

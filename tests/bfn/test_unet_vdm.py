@@ -52,13 +52,24 @@ def test_time_embedding_reads_t_plus_a_thousandth_times_a_thousand():
     np.testing.assert_allclose(emb, np.concatenate([np.sin(args), np.cos(args)], -1), atol=2e-4)
 
 
+def _compile(fn, *example_args):
+    """jit-compile fn for these argument shapes, skipping LLVM optimisation (faster to compile)."""
+    lowered = jax.jit(fn).lower(*example_args)
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+
+
 def test_output_shape_zero_init_and_bf16_switch():
     mu = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     t = jnp.array([0.1, 0.9])
-    small = dict(embedding_dim=16, num_blocks=2, num_groups=4)
+    # One block down and two up: every kind of layer. (Compiled whole: op-by-op dispatch would
+    # compile every op.)
+    small = dict(embedding_dim=16, num_blocks=1, num_groups=4)
     model = UNetVDM(out_per_channel=2, **small)
-    variables = model.init(jax.random.key(0), mu, t, train=False)
-    out = model.apply(variables, mu, t, train=False)
+    variables = _compile(lambda k: model.init(k, mu, t, train=False), jax.random.key(0))(
+        jax.random.key(0)
+    )
+    apply = _compile(lambda v: model.apply(v, mu, t, train=False), variables)
+    out = apply(variables)
     assert out.shape == (2, 8, 8, 3, 2) and out.dtype == jnp.float32
     # The zero-initialised last convolution makes the initial output a per-pixel linear map of mu.
     kernel = variables["params"]["output_adapter"]["kernel"][:3]
@@ -66,10 +77,9 @@ def test_output_shape_zero_init_and_bf16_switch():
     np.testing.assert_allclose(out.reshape(2, 8, 8, 6), mu @ kernel + bias, rtol=1e-5, atol=1e-6)
     # bf16 compute keeps float32 parameters and float32 outputs, close to the float32 result.
     params = jax.tree.map(lambda p: p + 0.01, variables["params"])  # move off the zero init
-    full = model.apply({"params": params}, mu, t, train=False)
-    half = UNetVDM(out_per_channel=2, dtype=jnp.bfloat16, **small).apply(
-        {"params": params}, mu, t, train=False
-    )
+    full = apply({"params": params})
+    half_model = UNetVDM(out_per_channel=2, dtype=jnp.bfloat16, **small)
+    half = _compile(lambda p: half_model.apply({"params": p}, mu, t, train=False), params)(params)
     assert half.dtype == jnp.float32
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     np.testing.assert_allclose(half, full, rtol=0.1, atol=0.1)
