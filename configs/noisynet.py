@@ -275,17 +275,18 @@ def _smoke(agent: str) -> ConfigDict:
     config.train.num_seeds = 2
     config.train.num_steps = 1_024
     config.train.steps_per_chunk = 256
-    config.eval.num_episodes = 4
+    config.eval.num_episodes = 2  # as --quick: the full and quick evals share one compilation
     config.ckpt.every = 2
     return config
 
 
 def _smoke_atari() -> ConfigDict:
     config = _atari("dqn")
-    config.network.head_hidden = 32
-    config.agent.batch_size = 8
+    # network and learner as in tests/noisynet/test_atari.py's runs: one compilation serves both
+    config.network.head_hidden = 16
+    config.agent.batch_size = 4
     config.agent.learning_starts = 64
-    config.agent.target_update_period = 20
+    config.agent.target_update_period = 4
     config.replay.capacity = 2_000
     config.env.max_episode_frames = 400
     config.train.num_seeds = 1

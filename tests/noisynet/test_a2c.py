@@ -76,11 +76,12 @@ def test_nstep_returns_match_a_loop_on_random_rollouts():
 
 def test_a2c_loss_terms_and_entropy_gradient_closed_form():
     rng = np.random.default_rng(1)
-    logits = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
-    value = jnp.asarray(rng.normal(size=(6,)), jnp.float32)
-    action = jnp.asarray([0, 2, 1, 1, 0, 2])
-    ret = jnp.asarray(rng.normal(size=(6,)), jnp.float32)
+    logits = rng.normal(size=(6, 3)).astype(np.float32)
+    value = rng.normal(size=(6,)).astype(np.float32)
+    action = np.array([0, 2, 1, 1, 0, 2], np.int32)
+    ret = rng.normal(size=(6,)).astype(np.float32)
 
+    @jax.jit
     def loss(logits, entropy_coef):
         return a2c.a2c_loss(
             logits_NxA=logits,
@@ -106,8 +107,8 @@ def test_a2c_loss_terms_and_entropy_gradient_closed_form():
         float(total), policy_loss + 0.5 * value_loss - 0.01 * entropy_n.mean(), rtol=1e-5
     )
     # The entropy bonus changes the gradient by -c dH/dz, with dH/dz_k = -p_k (log p_k + H).
-    grad0 = jax.grad(lambda z: loss(z, 0.0)[0])(logits)
-    grad1 = jax.grad(lambda z: loss(z, 0.3)[0])(logits)
+    grad = jax.jit(jax.grad(lambda z, c: loss(z, c)[0]))
+    grad0, grad1 = grad(logits, 0.0), grad(logits, 0.3)
     entropy_grad = -p * (logp + entropy_n[:, None]) / 6
     np.testing.assert_allclose(np.asarray(grad1 - grad0), -0.3 * entropy_grad, atol=1e-6)
     assert np.abs(np.asarray(grad1 - grad0)).max() > 1e-3
@@ -152,7 +153,7 @@ def test_noisy_a2c_holds_one_noise_sample_per_rollout_and_learner_uses_it():
     probe_obs = jnp.asarray([[0.01, -0.02, 0.03, 0.04]], jnp.float32)
     network = _ProbeNetwork(make_actor_critic(config, 2), probe_obs, records)
     trainer = a2c.make_a2c_trainer(config, env, env_params, network=network)
-    state = trainer.init(jax.random.PRNGKey(3))
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(3))
     state, metrics = jax.jit(trainer.train_chunk)(state)
     jax.effects_barrier()
     # No entropy bonus in NoisyNet-A2C, although the config's entropy_coef is not 0.
@@ -179,9 +180,10 @@ def test_noisy_a2c_holds_one_noise_sample_per_rollout_and_learner_uses_it():
         assert np.abs(samples[u] - samples[u - 1]).max() > 1e-4
     # The baseline network ignores the noise key: same logits whatever the key.
     base = make_actor_critic(_smoke(False), 2)
-    base_params = base.init({"params": jax.random.PRNGKey(0)}, probe_obs)
+    base_params = jax.jit(base.init)({"params": jax.random.PRNGKey(0)}, probe_obs)
+    base_apply = jax.jit(base.apply)
     out = [
-        base.apply(base_params, probe_obs, rngs={"noise": jax.random.PRNGKey(k)})[0] for k in (1, 2)
+        base_apply(base_params, probe_obs, rngs={"noise": jax.random.PRNGKey(k)})[0] for k in (1, 2)
     ]
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[1]))
 
@@ -199,7 +201,7 @@ def test_a2c_learns_cartpole():
     config = get_config("a2c_cartpole_baseline")
     config.train.steps_per_chunk = 16 * 20 * 32
     trainer = make_trainer(config, env, env_params)
-    state = trainer.init(jax.random.PRNGKey(0))
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
     train_chunk = jax.jit(trainer.train_chunk)
     returns = []
     for _ in range(13):

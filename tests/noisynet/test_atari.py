@@ -245,14 +245,15 @@ def test_every_reference_game_has_a_rom():
 
 
 def _tiny_config(total_chunks: int):
+    """smoke_atari (its network and learner: head_hidden 16, batch 4, target copied every 4
+    optimisation steps) in chunks of 48 env steps, learning from step 24."""
     config = get_config("smoke_atari")
+    assert (config.network.head_hidden, config.agent.batch_size) == (16, 4)
+    assert config.agent.target_update_period == 4
     config.env.name = "ALE/Pong-v5"
     config.env.max_episode_frames = 240
     config.env.terminal_on_life_loss = True
-    config.network.head_hidden = 16
-    config.agent.batch_size = 4
     config.agent.learning_starts = 24
-    config.agent.target_update_period = 4
     config.replay.capacity = 200
     config.train.steps_per_chunk = 48
     config.train.num_steps = 48 * total_chunks

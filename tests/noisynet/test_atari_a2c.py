@@ -215,17 +215,22 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(train
     # The keys give different noise; acting (vmapped over envs) and the learner (one batch) see
     # the same sample.
     agent, init, act, learn = atari_a2c._compiled_agent(config, 6)  # compiled by the runs
-    policy = jax.jit(agent.policy)
+
+    @jax.jit
+    def logits(params, obs_ExHxWxS, key_a, key_b):
+        """Key a's logits for the batch and env by env (vmapped), and key b's for the batch."""
+        per_env = jax.vmap(lambda o: agent.policy(params, o[None], key_a)[0][0])(obs_ExHxWxS)
+        batch_a, batch_b = (agent.policy(params, obs_ExHxWxS, k)[0] for k in (key_a, key_b))
+        return batch_a, per_env, batch_b
+
     envs = atari.AtariVecEnv("pong", num_envs=2, seed=1, noop_max=0)
     obs_ExHxWxS = envs.reset()
     for _ in range(6):
         obs_ExHxWxS = atari.step_envs(envs, np.array([2, 3])).obs_ExHxWxS
     learner = init(jax.random.key(0), obs_ExHxWxS[:1])
     key_a, key_b = (jax.random.wrap_key_data(jnp.asarray(k)) for k in learned[:2])
-    logits_a = np.asarray(policy(learner.params, obs_ExHxWxS, key_a)[0])
-    per_env = jax.vmap(lambda o: policy(learner.params, o[None], key_a)[0][0])(obs_ExHxWxS)
-    np.testing.assert_allclose(np.asarray(per_env), logits_a, rtol=1e-5, atol=1e-6)
-    logits_b = np.asarray(policy(learner.params, obs_ExHxWxS, key_b)[0])
+    logits_a, per_env, logits_b = map(np.asarray, logits(learner.params, obs_ExHxWxS, key_a, key_b))
+    np.testing.assert_allclose(per_env, logits_a, rtol=1e-5, atol=1e-6)
     assert np.abs(logits_b - logits_a).max() > 1e-4
     rng = jax.random.key(5)
     np.testing.assert_array_equal(
@@ -242,13 +247,18 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(train
     value_coef = config.agent.value_coef
     _, m = learn(learner, batch, key_a)  # donates learner: not used below
     np.testing.assert_allclose(m["loss"], m["policy_loss"] + value_coef * m["value_loss"], 1e-5)
-    base_learner = jax.jit(baseline.init)(jax.random.key(0), obs_ExHxWxS[:1])
-    _, m = jax.jit(baseline.learn)(base_learner, batch, key_a)
+
+    @jax.jit
+    def baseline_learn_and_logits(obs_ExHxWxS, batch, key_a, key_b):
+        """One compilation: the baseline's init, one learn step, its logits under two keys."""
+        base_learner = baseline.init(jax.random.key(0), obs_ExHxWxS[:1])
+        _, m = baseline.learn(base_learner, batch, key_a)
+        keys = (key_a, key_b)
+        return m, [baseline.policy(base_learner.params, obs_ExHxWxS, k)[0] for k in keys]
+
+    m, baseline_logits = baseline_learn_and_logits(obs_ExHxWxS, batch, key_a, key_b)
     expected = m["policy_loss"] + value_coef * m["value_loss"] - 0.01 * m["entropy"]
     np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
-    baseline_logits = [
-        jax.jit(baseline.policy)(base_learner.params, obs_ExHxWxS, k)[0] for k in (key_a, key_b)
-    ]
     np.testing.assert_array_equal(*baseline_logits)  # no noise in the baseline
 
 

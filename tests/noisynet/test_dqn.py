@@ -1,5 +1,13 @@
-"""DQN pieces: replay ring buffer, the (double) DQN loss, independent noise keys, resampling, Q bounds."""
+"""DQN pieces: replay ring buffer, the (double) DQN loss, independent noise keys, resampling, Q bounds.
 
+Agents are initialised and applied through jitted functions made once per agent (`_agent`), the
+replay through module-level jitted functions, and inputs are NumPy: op-by-op (eager) JAX would
+compile every operation at every shape.
+"""
+
+import functools
+
+import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,30 +22,34 @@ from deepgen.noisynet.trainer import make_trainer
 
 OBS = 4
 
+_replay_init = jax.jit(replay_init, static_argnums=1)
+_replay_add = jax.jit(replay_add)
+_replay_sample = jax.jit(replay_sample, static_argnums=2)
+
 
 def transitions(start: int, count: int) -> Transition:
-    ids = jnp.arange(start, start + count, dtype=jnp.float32)
+    ids = np.arange(start, start + count, dtype=np.float32)
     return Transition(
-        obs=jnp.tile(ids[:, None], (1, OBS)),
-        action=jnp.arange(count, dtype=jnp.int32) % 2,
+        obs=np.tile(ids[:, None], (1, OBS)),
+        action=np.arange(count, dtype=np.int32) % 2,
         reward=ids,
-        next_obs=jnp.tile(ids[:, None], (1, OBS)) + 0.5,
-        discount=jnp.ones((count,)),
+        next_obs=np.tile(ids[:, None], (1, OBS)) + 0.5,
+        discount=np.ones((count,), np.float32),
     )
 
 
 def test_replay_ring_buffer_overwrites_the_oldest_and_samples_only_filled_slots():
     example = jax.tree.map(lambda x: x[0], transitions(0, 1))
-    state = replay_init(example, capacity=5)
-    state = jax.jit(replay_add)(state, transitions(0, 3))
+    state = _replay_init(example, 5)
+    state = _replay_add(state, transitions(0, 3))
     assert int(state.size) == 3 and int(state.position) == 3
-    sample = replay_sample(state, jax.random.PRNGKey(0), 200)
+    sample = _replay_sample(state, jax.random.PRNGKey(0), 300)
     assert set(np.asarray(sample.reward).tolist()) == {0.0, 1.0, 2.0}
     np.testing.assert_array_equal(sample.next_obs[:, 0], sample.reward + 0.5)
-    state = replay_add(state, transitions(3, 4))  # 3, 4 fill the end; 5, 6 overwrite 0, 1
+    state = _replay_add(state, transitions(3, 4))  # 3, 4 fill the end; 5, 6 overwrite 0, 1
     assert int(state.size) == 5 and int(state.position) == 2
     np.testing.assert_array_equal(state.storage.reward, [5.0, 6.0, 2.0, 3.0, 4.0])
-    sample = jax.jit(replay_sample, static_argnums=2)(state, jax.random.PRNGKey(1), 300)
+    sample = _replay_sample(state, jax.random.PRNGKey(1), 300)
     assert set(np.asarray(sample.reward).tolist()) == {2.0, 3.0, 4.0, 5.0, 6.0}
 
 
@@ -47,38 +59,46 @@ def small_config(agent: str = "dqn", noisy: bool = True):
     return config
 
 
+@functools.cache
+def _agent(agent: str = "dqn", noisy: bool = True):
+    """(agent, jitted init(seed) -> LearnerState, jitted network.apply) of a smoke config (2
+    actions, CartPole-sized observations)."""
+    built = dqn.make_dqn_agent(small_config(agent, noisy), 2)
+    init = jax.jit(lambda seed: built.init(jax.random.PRNGKey(seed), jnp.zeros((1, OBS))))
+    apply = jax.jit(built.network.apply, static_argnames=("use_noise", "per_example_noise"))
+    return built, init, apply
+
+
 def make_batch(batch: int = 8, seed: int = 0) -> Transition:
-    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
+    rng = np.random.default_rng(seed)
     return Transition(
-        obs=jax.random.normal(k1, (batch, OBS)),
-        action=jax.random.randint(k2, (batch,), 0, 2),
-        reward=jax.random.uniform(k3, (batch,)),
-        next_obs=jax.random.normal(k4, (batch, OBS)),
-        discount=jnp.array([1.0, 0.0] * (batch // 2)),
+        obs=rng.standard_normal((batch, OBS)).astype(np.float32),
+        action=rng.integers(0, 2, batch).astype(np.int32),
+        reward=rng.uniform(size=batch).astype(np.float32),
+        next_obs=rng.standard_normal((batch, OBS)).astype(np.float32),
+        discount=np.array([1.0, 0.0] * (batch // 2), np.float32),
     )
 
 
 @pytest.mark.parametrize("double", [False, True])
 def test_deterministic_loss_matches_a_hand_computed_huber_td_error(double):
-    agent = dqn.make_dqn_agent(small_config(noisy=False), 2)
-    state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
-    target_params = jax.tree.map(lambda p: p * 1.5, state.params)
+    agent, init, apply = _agent(noisy=False)
+    state = init(0)
+    target_params = jax.tree.map(lambda p: np.asarray(p) * 1.5, state.params)
     batch = make_batch()
     noise = agent.draw_learn_noise(jax.random.PRNGKey(1), state.params)  # size 0: baseline
-    loss, _ = dqn.dqn_loss(
-        state.params,
-        target_params=target_params,
-        batch=batch,
-        noise=noise,
+    loss_fn = functools.partial(
+        dqn.dqn_loss,
         apply_fn=agent.network.apply,
         gamma=0.9,
         double=double,
         noisy=False,
         huber_delta=1.0,
     )
+    loss, _ = jax.jit(loss_fn)(state.params, target_params=target_params, batch=batch, noise=noise)
 
     def q(params, obs):
-        return np.asarray(agent.network.apply({"params": params}, obs, use_noise=False))
+        return np.asarray(apply({"params": params}, obs, use_noise=False))
 
     q_tm1, q_t_target, q_t_online = (
         q(state.params, batch.obs),
@@ -94,36 +114,43 @@ def test_deterministic_loss_matches_a_hand_computed_huber_td_error(double):
 
 
 def test_online_target_and_selection_noise_are_independent_draws():
-    agent = dqn.make_dqn_agent(small_config("dueling"), 2)
-    state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
-    calls = []
-
-    def recording_apply(variables, obs, **kwargs):
-        calls.append((variables["params"], obs, kwargs["noise"]))
-        return agent.network.apply(variables, obs, **kwargs)
-
+    """learn_step traced once (jit) with an apply that records, at trace time, which parameters
+    and inputs each of its three forward passes reads; the samples come back as outputs."""
+    agent, init, apply = _agent("dueling")
+    state = init(0)
     batch = make_batch()
-    noise = agent.draw_learn_noise(jax.random.PRNGKey(5), state.params)
+    noise = jax.jit(agent.draw_learn_noise)(jax.random.PRNGKey(5), state.params)
     size = network_noise_size(state.params, "factorised")
     assert noise.online.shape == noise.target.shape == noise.select.shape == (size,)
-    dqn.learn_step(
-        state,
-        batch,
-        noise,
-        apply_fn=recording_apply,
-        optimizer=agent.optimizer,
-        gamma=0.99,
-        double=True,
-        noisy=True,
-        huber_delta=1.0,
-        target_update_period=100,
-    )
-    assert len(calls) == 3
-    by_role = {}
-    for params, obs, sample in calls:
-        is_target = params is state.target_params
-        role = "target" if is_target else ("online" if obs is batch.obs else "select")
-        by_role[role] = np.asarray(sample)
+    roles = []
+
+    @jax.jit
+    def samples_seen(state, batch, noise):
+        samples = []
+
+        def recording_apply(variables, obs, **kwargs):
+            is_target = variables["params"] is state.target_params
+            roles.append("target" if is_target else ("online" if obs is batch.obs else "select"))
+            samples.append(kwargs["noise"])
+            return agent.network.apply(variables, obs, **kwargs)
+
+        dqn.learn_step(
+            state,
+            batch,
+            noise,
+            apply_fn=recording_apply,
+            optimizer=agent.optimizer,
+            gamma=0.99,
+            double=True,
+            noisy=True,
+            huber_delta=1.0,
+            target_update_period=100,
+        )
+        return samples
+
+    seen = samples_seen(state, batch, noise)
+    assert len(roles) == len(seen) == 3
+    by_role = {role: np.asarray(sample) for role, sample in zip(roles, seen, strict=True)}
     np.testing.assert_array_equal(by_role["online"], noise.online)
     np.testing.assert_array_equal(by_role["target"], noise.target)
     np.testing.assert_array_equal(by_role["select"], noise.select)
@@ -133,50 +160,55 @@ def test_online_target_and_selection_noise_are_independent_draws():
     assert np.all(np.abs(correlation[np.triu_indices(3, 1)]) < 0.2), correlation
     assert np.all(np.abs(samples.std(axis=1) - 1.0) < 0.15)
     # Same parameters and inputs, the three samples give three different Q functions.
-    qs = [
-        agent.network.apply({"params": state.params}, batch.next_obs, noise=sample)
-        for sample in noise
-    ]
+    qs = [apply({"params": state.params}, batch.next_obs, noise=sample) for sample in noise]
     assert not np.allclose(qs[0], qs[1]) and not np.allclose(qs[1], qs[2])
 
 
 def test_noisy_acting_ignores_epsilon_and_uses_per_row_noise():
-    agent = dqn.make_dqn_agent(small_config(), 2)
-    state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
-    obs = jax.random.normal(jax.random.PRNGKey(1), (64, OBS))
+    agent, init, _ = _agent()
+    baseline, baseline_init, _ = _agent(noisy=False)
+    obs = np.random.default_rng(1).standard_normal((64, OBS)).astype(np.float32)
     key = jax.random.PRNGKey(2)
-    noise = agent.draw_act_noise(key, state.params, 64, per_row=True)
-    actions = agent.act(state.params, obs, key, jnp.float32(1.0), noise)
-    q = agent.network.apply({"params": state.params}, obs, per_example_noise=True, noise=noise)
-    np.testing.assert_array_equal(actions, np.argmax(q, axis=1))
+
+    @jax.jit
+    def acting(params, baseline_params, obs, key):
+        """Every action and Q value the checks below compare, in one compilation."""
+        q = functools.partial(agent.network.apply, {"params": params})
+        one = jnp.float32(1.0)
+        noise = agent.draw_act_noise(key, params, 64, per_row=True)
+        shared = agent.draw_act_noise(key, params, 64)
+        same_obs = jnp.broadcast_to(obs[:1], obs.shape)  # per-row noise: one state, varied Q
+        return {
+            "actions": agent.act(params, obs, key, one, noise),
+            "q": q(obs, per_example_noise=True, noise=noise),
+            "actions_own_draw": agent.act(params, obs, key, one),
+            "q_rows": q(same_obs, per_example_noise=True, noise=noise),
+            "shared": shared,
+            "q_shared": q(same_obs, noise=shared),
+            "actions_shared": agent.act(params, obs, key, one, shared),
+            "q_obs_shared": q(obs, noise=shared),
+            "greedy": baseline.act(baseline_params, obs, key, jnp.float32(0.0)),
+            "q_mean": baseline.network.apply({"params": baseline_params}, obs, use_noise=False),
+            "random": baseline.act(baseline_params, obs, key, one),
+        }
+
+    out = jax.device_get(acting(init(0).params, baseline_init(0).params, obs, key))
+    np.testing.assert_array_equal(out["actions"], np.argmax(out["q"], axis=1))
     # Without pre-drawn noise the agent draws the same rows from the key.
-    np.testing.assert_array_equal(agent.act(state.params, obs, key, jnp.float32(1.0)), actions)
-    same_obs = jnp.broadcast_to(obs[:1], obs.shape)  # per-row noise: one state, varied Q values
-    q_rows = agent.network.apply(
-        {"params": state.params}, same_obs, per_example_noise=True, noise=noise
-    )
-    assert np.unique(np.round(np.asarray(q_rows[:, 0]), 6)).size == 64
+    np.testing.assert_array_equal(out["actions_own_draw"], out["actions"])
+    assert np.unique(np.round(out["q_rows"][:, 0], 6)).size == 64
     # The default for the training loop: one sample shared by all rows (environments).
-    shared = agent.draw_act_noise(key, state.params, 64)
-    assert shared.shape == (network_noise_size(state.params, "factorised"),)
-    q_shared = agent.network.apply({"params": state.params}, same_obs, noise=shared)
+    assert out["shared"].shape == (network_noise_size(init(0).params, "factorised"),)
+    q_shared = out["q_shared"]
     np.testing.assert_allclose(q_shared, np.broadcast_to(q_shared[:1], q_shared.shape), rtol=1e-6)
-    np.testing.assert_array_equal(
-        agent.act(state.params, obs, key, jnp.float32(1.0), shared),
-        np.argmax(agent.network.apply({"params": state.params}, obs, noise=shared), axis=1),
-    )
-    baseline = dqn.make_dqn_agent(small_config(noisy=False), 2)
-    params = baseline.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS))).params
-    greedy = baseline.act(params, obs, key, jnp.float32(0.0))
-    q_mean = baseline.network.apply({"params": params}, obs, use_noise=False)
-    np.testing.assert_array_equal(greedy, np.argmax(q_mean, axis=1))
-    random = baseline.act(params, obs, key, jnp.float32(1.0))
-    assert 10 < int(random.sum()) < 54  # about half of 64 uniform picks of two actions
+    np.testing.assert_array_equal(out["actions_shared"], np.argmax(out["q_obs_shared"], axis=1))
+    np.testing.assert_array_equal(out["greedy"], np.argmax(out["q_mean"], axis=1))
+    assert 10 < int(out["random"].sum()) < 54  # about half of 64 uniform picks of two actions
 
 
 def test_target_network_is_copied_every_period_optimisation_steps():
-    agent = dqn.make_dqn_agent(small_config(noisy=False), 2)
-    state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
+    agent, init, _ = _agent(noisy=False)
+    state = init(0)
     period = 3
     learn = jax.jit(
         lambda s, b, k: dqn.learn_step(
@@ -202,19 +234,24 @@ def test_target_network_is_copied_every_period_optimisation_steps():
             assert all(jax.tree.leaves(jax.tree.map(np.array_equal, initial, state.target_params)))
 
 
-def test_acting_noise_is_resampled_after_every_optimisation_step_and_held_between():
-    config = small_config()
+@functools.cache
+def _one_iteration_trainer():
+    """Noisy dueling double DQN on CartPole, one iteration (2 envs, one step each) per chunk:
+    (config, jitted init, jitted train_chunk), compiled once for the two tests below."""
+    config = small_config("dueling")
     config.env.num_envs = 2
     config.train.steps_per_chunk = 2  # one iteration per chunk
     config.agent.learning_starts = 16
     config.agent.batch_size = 4
     config.agent.env_steps_per_update = 4  # one optimisation step every other iteration
-    import gymnax
-
     env, env_params = gymnax.make("CartPole-v1")
     trainer = make_trainer(config, env, env_params)
-    chunk = jax.jit(trainer.train_chunk)
-    state = trainer.init(jax.random.PRNGKey(0))
+    return config, jax.jit(trainer.init), jax.jit(trainer.train_chunk)
+
+
+def test_acting_noise_is_resampled_after_every_optimisation_step_and_held_between():
+    config, init, chunk = _one_iteration_trainer()
+    state = init(jax.random.PRNGKey(0))
     act_keys, act_noises, learn_steps, warm = [], [], [], []
     for _ in range(16):
         state, metrics = chunk(state)
@@ -236,20 +273,24 @@ def test_acting_noise_is_resampled_after_every_optimisation_step_and_held_betwee
 
 
 def test_q_values_stay_bounded_on_cartpole():
-    config = small_config("dueling")  # plain DQN: tests/noisynet/test_noisynet_e2e.py
-    config.train.steps_per_chunk = 2048
-    env_params_gamma = float(config.agent.gamma)
-    import gymnax
-
-    env, env_params = gymnax.make("CartPole-v1")
-    trainer = make_trainer(config, env, env_params)
-    state = jax.vmap(trainer.init)(jax.random.split(jax.random.PRNGKey(0), 2))
-    state, metrics = jax.jit(jax.vmap(trainer.train_chunk))(state)
-    q_max = np.asarray(metrics["q_max"])
-    # Rewards are 1 per step: |Q| <= 1 / (1 - gamma) = 100.
-    assert np.all(np.isfinite(q_max)) and np.all(q_max < 1.0 / (1.0 - env_params_gamma))
-    assert np.all(np.asarray(metrics["learn_steps"]) > 100)
-    assert np.all(np.asarray(metrics["episodes"]) > 0)
+    """Noisy dueling double DQN (plain DQN: tests/noisynet/test_noisynet_e2e.py), two seeds of
+    2048 env steps each, run as 1024 one-iteration chunks: every optimisation step's max |Q| over
+    its batch stays finite and below 1 / (1 - gamma)."""
+    config, init, chunk = _one_iteration_trainer()
+    bound = 1.0 / (1.0 - float(config.agent.gamma))  # rewards are 1 per step: |Q| <= 100
+    for seed in range(2):
+        state = init(jax.random.PRNGKey(seed))
+        per_chunk = []
+        for _ in range(2048 // 2):
+            state, metrics = chunk(state)
+            per_chunk.append(metrics)
+        per_chunk = jax.device_get(per_chunk)
+        learn_steps = np.array([0] + [m["learn_steps"] for m in per_chunk])
+        learned = np.diff(learn_steps) > 0  # q_max is NaN for a chunk without an update
+        q_max = np.array([m["q_max"] for m in per_chunk])[learned]
+        assert np.all(np.isfinite(q_max)) and np.all(q_max < bound), q_max.max()
+        assert learn_steps[-1] > 100
+        assert sum(int(m["episodes"]) for m in per_chunk) > 0
 
 
 @pytest.mark.parametrize(
@@ -257,11 +298,13 @@ def test_q_values_stay_bounded_on_cartpole():
     [("dueling_breakout", (10, 10, 4), jnp.float32), ("atari_dqn", (84, 84, 4), jnp.uint8)],
 )
 def test_minatar_and_nature_networks_give_one_q_per_action(variant, obs_shape, dtype):
+    """Shapes and parameter names only: traced (jax.eval_shape), not compiled."""
     config = noisynet_configs.get_config(variant)
     agent = dqn.make_dqn_agent(config, 6)
-    state = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, *obs_shape), dtype))
-    obs = jnp.ones((3, *obs_shape), dtype)
-    actions = agent.act(state.params, obs, jax.random.PRNGKey(1), jnp.float32(0.0))
+    example = jax.ShapeDtypeStruct((1, *obs_shape), dtype)
+    state = jax.eval_shape(agent.init, jax.random.PRNGKey(0), example)
+    obs = jax.ShapeDtypeStruct((3, *obs_shape), dtype)
+    actions = jax.eval_shape(agent.act, state.params, obs, jax.random.PRNGKey(1), jnp.float32(0))
     assert actions.shape == (3,) and actions.dtype == jnp.int32
     noisy_layers = [k for k in state.params if "sigma_w" in str(state.params[k])]
     heads = {"value_hidden", "value_out", "advantage_hidden", "advantage_out"}

@@ -1,5 +1,10 @@
-"""NoisyDense: Sec. 3.2 initial values, noise statistics, the factorised shortcut, rng handling."""
+"""NoisyDense: Sec. 3.2 initial values, noise statistics, the factorised shortcut, rng handling.
 
+The layer is initialised and applied through jitted functions made once per layer shape
+(`_layer`): op-by-op (eager) Flax would compile every operation of every call shape.
+"""
+
+import functools
 import math
 
 import jax
@@ -10,18 +15,35 @@ import pytest
 from deepgen.noisynet.layers import NoisyDense, signed_sqrt
 
 P, Q = 7, 5
+ROWS = P  # every input batch has P rows (the probes' identity input too): one compilation each
+
+
+@functools.cache
+def _layer(noise_type: str, p: int = P, q: int = Q):
+    """(layer, jitted init(seed) -> params, jitted layer.apply) for a p -> q NoisyDense."""
+    layer = NoisyDense(q, noise_type=noise_type)
+
+    @jax.jit
+    def init(seed):
+        keys = {"params": jax.random.PRNGKey(seed), "noise": jax.random.PRNGKey(seed + 1)}
+        return layer.init(keys, jnp.zeros((1, p)))["params"]
+
+    return layer, init, jax.jit(layer.apply, static_argnames=("use_noise", "per_example_noise"))
 
 
 def init_params(noise_type: str, p: int = P, q: int = Q, seed: int = 0):
-    layer = NoisyDense(q, noise_type=noise_type)
-    x = jnp.zeros((1, p))
-    keys = {"params": jax.random.PRNGKey(seed), "noise": jax.random.PRNGKey(seed + 1)}
-    return layer, layer.init(keys, x)["params"]
+    layer, init, _ = _layer(noise_type, p, q)
+    return layer, init(seed)
+
+
+def apply(noise_type: str, params, x, **kwargs):
+    """The p -> q layer (p, q from params) applied under jit."""
+    p, q = params["mu_w"].shape
+    return _layer(noise_type, p, q)[2]({"params": params}, x, **kwargs)
 
 
 def probe_noise(noise_type: str, key: jax.Array, *, p: int = P, q: int = Q):
     """(eps_w_PxQ, eps_b_Q) the layer draws with `key`: mu = 0, sigma = 1, identity / zero inputs."""
-    layer, params = init_params(noise_type, p, q)
     ones = {
         "mu_w": jnp.zeros((p, q)),
         "sigma_w": jnp.ones((p, q)),
@@ -29,10 +51,15 @@ def probe_noise(noise_type: str, key: jax.Array, *, p: int = P, q: int = Q):
         "sigma_b": jnp.ones((q,)),
     }
     no_bias_noise = {**ones, "sigma_b": jnp.zeros((q,))}
-    eps_w = layer.apply({"params": no_bias_noise}, jnp.eye(p), rngs={"noise": key})
-    eps_b = layer.apply({"params": ones}, jnp.zeros((1, p)), rngs={"noise": key})[0]
-    del params
+    eps_w = apply(noise_type, no_bias_noise, jnp.eye(p), rngs={"noise": key})
+    eps_b = apply(noise_type, ones, jnp.zeros((p, p)), rngs={"noise": key})[0]
     return eps_w, eps_b
+
+
+@functools.cache
+def _probe_many(noise_type: str):
+    """probe_noise of every key, vmapped and jitted."""
+    return jax.jit(jax.vmap(functools.partial(probe_noise, noise_type)))
 
 
 @pytest.mark.parametrize(
@@ -55,7 +82,7 @@ def test_initial_values_follow_section_3_2(noise_type, bound, sigma):
 
 def test_independent_noise_is_standard_normal_per_weight():
     keys = jax.random.split(jax.random.PRNGKey(3), 4000)
-    eps_w, eps_b = jax.vmap(lambda k: probe_noise("independent", k))(keys)
+    eps_w, eps_b = _probe_many("independent")(keys)
     for eps in (np.asarray(eps_w), np.asarray(eps_b)):
         assert abs(eps.mean()) < 0.02
         assert abs(eps.var() - 1.0) < 0.03
@@ -66,7 +93,7 @@ def test_independent_noise_is_standard_normal_per_weight():
 
 def test_factorised_noise_is_a_product_of_signed_square_roots():
     keys = jax.random.split(jax.random.PRNGKey(4), 4000)
-    eps_w, eps_b = jax.vmap(lambda k: probe_noise("factorised", k))(keys)
+    eps_w, eps_b = _probe_many("factorised")(keys)
     eps_w, eps_b = np.asarray(eps_w, np.float64), np.asarray(eps_b, np.float64)
     # eps_b = f(eps_out): E f(x)^2 = E|x| = sqrt(2/pi); eps_w = f(eps_in) f(eps_out): var 2/pi.
     assert abs(eps_b.mean()) < 0.03 and abs(eps_b.var() - math.sqrt(2 / math.pi)) < 0.03
@@ -81,14 +108,14 @@ def test_factorised_noise_is_a_product_of_signed_square_roots():
 
 @pytest.mark.parametrize("noise_type", ["factorised", "independent"])
 def test_noisy_output_equals_the_explicit_noisy_weight_matrix(noise_type):
-    layer, params = init_params(noise_type, seed=5)
+    _, params = init_params(noise_type, seed=5)
     key = jax.random.PRNGKey(11)
-    x = jax.random.normal(jax.random.PRNGKey(12), (3, P))
+    x = np.random.default_rng(12).standard_normal((ROWS, P)).astype(np.float32)
     eps_w, eps_b = probe_noise(noise_type, key)
     weight = params["mu_w"] + params["sigma_w"] * eps_w
     bias = params["mu_b"] + params["sigma_b"] * eps_b
     expected = np.asarray(x, np.float64) @ np.asarray(weight, np.float64) + np.asarray(bias)
-    got = layer.apply({"params": params}, x, rngs={"noise": key})
+    got = apply(noise_type, params, x, rngs={"noise": key})
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -128,18 +155,18 @@ def test_factorised_path_never_forms_the_p_by_q_noise_matrix():
 
 @pytest.mark.parametrize("noise_type", ["factorised", "independent"])
 def test_keys_decide_the_noise_and_use_noise_false_gives_the_mean_weights(noise_type):
-    layer, params = init_params(noise_type)
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, P))
+    _, params = init_params(noise_type)
+    x = np.random.default_rng(1).standard_normal((ROWS, P)).astype(np.float32)
 
-    def apply(seed):
-        return layer.apply({"params": params}, x, rngs={"noise": jax.random.PRNGKey(seed)})
+    def noisy(seed):
+        return apply(noise_type, params, x, rngs={"noise": jax.random.PRNGKey(seed)})
 
-    np.testing.assert_array_equal(apply(7), apply(7))
-    assert not np.allclose(apply(7), apply(8))
-    mean = layer.apply({"params": params}, x, use_noise=False)
+    np.testing.assert_array_equal(noisy(7), noisy(7))
+    assert not np.allclose(noisy(7), noisy(8))
+    mean = apply(noise_type, params, x, use_noise=False)
     np.testing.assert_allclose(mean, x @ params["mu_w"] + params["mu_b"], rtol=1e-6)
     # Averaged over many noise draws the output tends to the mean-weight output.
-    draws = jax.vmap(lambda k: layer.apply({"params": params}, x, rngs={"noise": k}))(
+    draws = jax.jit(jax.vmap(lambda k: apply(noise_type, params, x, rngs={"noise": k})))(
         jax.random.split(jax.random.PRNGKey(2), 3000)
     )
     np.testing.assert_allclose(np.mean(draws, axis=0), mean, atol=0.05)
@@ -147,38 +174,39 @@ def test_keys_decide_the_noise_and_use_noise_false_gives_the_mean_weights(noise_
 
 @pytest.mark.parametrize("noise_type", ["factorised", "independent"])
 def test_per_example_noise_draws_one_sample_per_row(noise_type):
-    layer, params = init_params(noise_type)
-    x = jnp.ones((6, P))
+    _, params = init_params(noise_type)
+    x = np.ones((ROWS, P), np.float32)
     key = {"noise": jax.random.PRNGKey(3)}
-    shared = layer.apply({"params": params}, x, rngs=key)
+    shared = apply(noise_type, params, x, rngs=key)
     np.testing.assert_allclose(shared, np.broadcast_to(shared[0], shared.shape), rtol=1e-6)
-    per_row = layer.apply({"params": params}, x, per_example_noise=True, rngs=key)
-    assert len({tuple(np.round(np.asarray(r), 5)) for r in per_row}) == 6
+    per_row = apply(noise_type, params, x, per_example_noise=True, rngs=key)
+    assert len({tuple(np.round(np.asarray(r), 5)) for r in per_row}) == ROWS
 
 
 def test_signed_sqrt():
-    x = jnp.array([-4.0, -0.25, 0.0, 0.25, 9.0])
-    np.testing.assert_allclose(signed_sqrt(x), [-2.0, -0.5, 0.0, 0.5, 3.0])
+    x = np.array([-4.0, -0.25, 0.0, 0.25, 9.0], np.float32)
+    np.testing.assert_allclose(jax.jit(signed_sqrt)(x), [-2.0, -0.5, 0.0, 0.5, 3.0])
 
 
 @pytest.mark.parametrize("noise_type", ["factorised", "independent"])
 def test_pre_drawn_noise_gives_the_explicit_noisy_weights_and_a_wrong_shape_is_refused(noise_type):
-    layer, params = init_params(noise_type)
-    x = jax.random.normal(jax.random.PRNGKey(4), (3, P))
+    _, params = init_params(noise_type)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((ROWS, P)).astype(np.float32)
     size = P + Q if noise_type == "factorised" else (P + 1) * Q
-    noise = jax.random.normal(jax.random.PRNGKey(5), (size,))
+    noise = rng.standard_normal((size,)).astype(np.float32)
     if noise_type == "factorised":
-        f = np.asarray(signed_sqrt(noise))
+        f = np.sign(noise) * np.sqrt(np.abs(noise))  # signed_sqrt, written out
         eps_w, eps_b = np.outer(f[:P], f[P:]), f[P:]
     else:
         eps = np.asarray(noise).reshape(P + 1, Q)
         eps_w, eps_b = eps[:P], eps[P]
     weights = np.asarray(params["mu_w"]) + np.asarray(params["sigma_w"]) * eps_w
     bias = np.asarray(params["mu_b"]) + np.asarray(params["sigma_b"]) * eps_b
-    out = layer.apply({"params": params}, x, noise=noise)  # no rng needed
+    out = apply(noise_type, params, x, noise=noise)  # no rng needed
     np.testing.assert_allclose(out, np.asarray(x) @ weights + bias, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="pre-drawn noise has shape"):
-        layer.apply({"params": params}, x, noise=noise[:-1])
+        apply(noise_type, params, x, noise=noise[:-1])
 
 
 @pytest.mark.parametrize("dueling", [False, True])
@@ -188,7 +216,8 @@ def test_a_noisy_q_network_pass_makes_one_normal_draw(dueling):
 
     net = QNetwork(3, "mlp", (16, 16), 8, dueling=dueling, noisy=True)
     obs = jnp.ones((4, 6))
-    params = net.init({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(1)}, obs)
+    rngs = {"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(1)}
+    params = jax.eval_shape(net.init, rngs, obs)  # shapes are all make_jaxpr needs
     for per_example in (False, True):
         jaxpr = jax.make_jaxpr(
             lambda p, k, pe=per_example: net.apply(p, obs, per_example_noise=pe, rngs={"noise": k})

@@ -1,7 +1,6 @@
-"""NoisyNet end to end through experiments.main: train, eval, sample, resume, config errors."""
+"""NoisyNet end to end through experiments.main: train, eval, sample, config errors."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -39,7 +38,7 @@ def check_outputs(workdir, *, agent: str, noisy: bool, env_steps: int, seeds: in
     assert set(summary) >= EVAL_FIELDS
     assert summary["agent"] == agent and summary["noisy"] is noisy
     assert summary["env_steps_trained"] == env_steps and summary["num_seeds"] == seeds
-    assert summary["num_episodes"] == 4 * seeds and summary["env"] == "CartPole-v1"
+    assert summary["num_episodes"] == 2 * seeds and summary["env"] == "CartPole-v1"
     assert 1 <= summary["mean_return"] <= 500 and summary["mean_return_stderr"] >= 0
     assert (workdir / "samples" / "learning_curve.png").stat().st_size > 1000
     assert (workdir / "samples" / f"learning_curve_step{env_steps}.png").stat().st_size > 1000
@@ -49,7 +48,9 @@ def check_outputs(workdir, *, agent: str, noisy: bool, env_steps: int, seeds: in
     assert json.loads((workdir / "config.json").read_text())["agent"]["noisy"] is noisy
 
 
-def test_noisy_dqn_trains_evaluates_plots_and_resumes_with_identical_numbers(tmp_path):
+def test_noisy_dqn_trains_evaluates_and_plots(tmp_path):
+    """A resumed run repeating the numbers of an uninterrupted one is the contract's test
+    (tests/experiments/test_contract.py, noisynet:smoke_dqn: every logged number and the state)."""
     workdir = tmp_path / "dqn"
     run_modes("smoke_dqn", workdir)
     check_outputs(workdir, agent="dqn", noisy=True, env_steps=1024)
@@ -57,19 +58,10 @@ def test_noisy_dqn_trains_evaluates_plots_and_resumes_with_identical_numbers(tmp
     # Rewards are 1 per step, so |Q| stays below 1 / (1 - gamma) = 100 on a healthy run.
     assert all(np.isfinite(r["q_max"]) and r["q_max"] < 100 for r in records[1:])
     assert records[-1]["learn_steps"] > 200
-    # Drop the last checkpoint: the rerun resumes from chunk 2 and must repeat chunks 3-4 exactly.
     checkpoints = sorted(
         int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
     )
     assert checkpoints == [512, 1024]  # numbered by env steps, like the metrics
-    shutil.rmtree(workdir / "checkpoints" / "1024")
-    run_modes("smoke_dqn", workdir, modes=("train",))
-    rerun = train_records(workdir)[4:]
-    assert [r["step"] for r in rerun] == [768, 1024]
-    for first, again in zip(records[2:], rerun, strict=True):
-        keys = ("loss", "mean_episode_return_seed0", "mean_episode_return_seed1", "q_mean")
-        for key in (*keys, "learn_steps"):
-            assert first[key] == again[key], key
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Copy task and char-LM data for SnAp: targets, curriculum, crops and the bits unit."""
 
+import functools
 import math
 
 import jax
@@ -13,26 +14,25 @@ from deepgen.snap import online as snap_online
 
 
 def _run_episode(episode, num_symbols):
-    token = jax.jit(lambda e: copy_task.episode_token(e, num_symbols=num_symbols))
-    advance = jax.jit(copy_task.advance)
+    @jax.jit
+    def token_and_advance(episode):
+        return copy_task.episode_token(episode, num_symbols=num_symbols), copy_task.advance(episode)
+
     rows = []
-    ended = jnp.asarray(False)
-    while not bool(ended):
-        rows.append(token(episode))
-        episode, ended = advance(episode)
+    ended = False
+    while not ended:
+        row, (episode, ended) = token_and_advance(episode)
+        rows.append(row)
+        ended = bool(ended)
     return [np.stack([np.asarray(r[i]) for r in rows], axis=1) for i in range(3)]
 
 
 def test_copy_episode_matches_a_loop_free_construction():
     num_symbols, max_length = 3, 9
-    episode = copy_task.new_episode(
-        jax.random.key(0),
-        jnp.asarray(7),
-        batch=5,
-        max_length=max_length,
-        num_symbols=num_symbols,
-        spread=4,
+    new_episode = functools.partial(
+        copy_task.new_episode, batch=5, max_length=max_length, num_symbols=num_symbols, spread=4
     )
+    episode = jax.jit(new_episode)(jax.random.key(0), jnp.asarray(7))
     inputs_BxTxI, targets_BxT, weights_BxT = _run_episode(episode, num_symbols)
     assert inputs_BxTxI.shape == (5, 15, num_symbols + 1)  # 2 L + 1 steps for every stream
     for b in range(5):
@@ -111,10 +111,12 @@ def test_training_crops_come_from_the_given_split():
 
 def test_bits_conversion():
     assert char_text.nats_to_bits(math.log(2.0)) == pytest.approx(1.0)
-    readout = {"w": jnp.zeros((4, 27)), "b": jnp.zeros(27)}
-    nats = snap_online.readout_loss(readout, jnp.ones(4), (jnp.asarray(5), jnp.asarray(1.0)))
+    readout = {"w": np.zeros((4, 27), np.float32), "b": np.zeros(27, np.float32)}
+    readout_loss = jax.jit(snap_online.readout_loss)
+    nats = readout_loss(readout, np.ones(4, np.float32), (np.int32(5), np.float32(1.0)))
     assert char_text.nats_to_bits(float(nats)) == pytest.approx(math.log2(27), rel=1e-6)
-    assert float(snap_online.readout_loss(readout, jnp.ones(4), (5, 0.0))) == 0.0
+    zero = readout_loss(readout, np.ones(4, np.float32), (np.int32(5), np.float32(0.0)))
+    assert float(zero) == 0.0
     sums = {
         "nats": 6 * math.log(2.0),
         "weight": 3.0,
