@@ -313,6 +313,11 @@ class KanervaMethod(Method):
         """The split; the runner adds the data source."""
         return str(self.config.eval.split)
 
+    @property
+    def _binarise_feedback(self) -> bool:
+        """Whether iterative reading feeds back binary images (eval.feedback; grey data only)."""
+        return self.binary and self.config.eval.feedback == "binary"
+
     def _heldout(self, split: str) -> tuple[ImageSplit, np.ndarray]:
         """(the split, its held-out episodes: grey values E x T x H x W or colour E x T x H x W x C)."""
         data = self._load(split)
@@ -407,7 +412,7 @@ class KanervaMethod(Method):
             ),
         }
         k = int(config.read_iterations)
-        binarise = self.binary and config.feedback == "binary"
+        binarise = self._binarise_feedback
         if self.use_memory:
             memory = km.write_episode(params, model=self.model, x_TxHxWxC=x_TxHxWxC, rng=key_write)
             read = lambda q: km.iterative_read(
@@ -533,22 +538,21 @@ class KanervaMethod(Method):
             num_examples=int(num_episodes * T),
             baseline={
                 "name": BASELINE_NAME[self.binary],
-                "nll_nats_per_image": self._baseline_nll(eval_data, heldout_ExTx),
+                "nll_nats_per_image": self._baseline_nll(heldout_ExTx),
             },
         )
         return report
 
-    def _baseline_nll(self, eval_data: ImageSplit, heldout_ExTx: np.ndarray) -> float:
+    def _baseline_nll(self, heldout_ExTx: np.ndarray) -> float:
         """The baseline's NLL (nats/image) of the held-out episodes' images."""
         if self.binary:
             return mnist.independent_bernoulli_nll_nats(
                 self.train_data.intensities_NxHxW, heldout_ExTx.reshape(-1, *heldout_ExTx.shape[2:])
             )
-        index_ExT = episodes.heldout_order(
-            eval_data.num_examples, episode_length=self.episode_length, seed=int(self.config.seed)
-        )[: len(heldout_ExTx)]
+        centres = heldout_ExTx.reshape(-1, *heldout_ExTx.shape[2:])
+        pixels = np.asarray(discretized_logistic.from_bin_centres(centres, km.NUM_PIXEL_LEVELS))
         return cifar10.independent_categorical_nll_nats(
-            self.train_data.images_NxHxWxC, eval_data.images_NxHxWxC[index_ExT.reshape(-1)]
+            self.train_data.images_NxHxWxC, pixels.astype(np.uint8)
         )
 
     def format_eval(self, report: Mapping[str, Any]) -> str:
@@ -604,7 +608,7 @@ class KanervaMethod(Method):
             noise_variance = apply(method=km.KanervaMachine.noise_variance)
             z = w @ M_KxC + jnp.sqrt(noise_variance) * jax.random.normal(key_z, (num_samples, C))
         samples = km.decoder_mean(self.model, apply(z, method=km.KanervaMachine.decode))
-        binarise = self.binary and self.config.eval.feedback == "binary"
+        binarise = self._binarise_feedback
         cleaned = km.iterative_read(
             params,
             model=self.model,
