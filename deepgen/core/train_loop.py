@@ -338,7 +338,11 @@ def train(
         count += 1
         if pending_step % log_every == 0 or pending_step == num_steps:
             logged = summarize(sums, values, count)
-            shown = {k: v for k, v in logged.items() if "_seed" not in k and k != unit.name}
+            shown = {  # per-task and per-seed values go to metrics.jsonl only
+                k: v
+                for k, v in logged.items()
+                if "_seed" not in k and "/" not in k and k != unit.name
+            }
             if unit.name != "steps":
                 logged[unit.name] = float(pending_step)
             writer.write(pending_step, logged, split="train")

@@ -33,6 +33,7 @@ SMOKE_VARIANTS = [
     ("bfn", "text8_smoke", True),
     ("snap", "smoke", True),
     ("snap", "charlm_smoke", True),
+    ("curriculum", "smoke", True),
     ("noisynet", "smoke_dqn", True),
     ("noisynet", "smoke_a2c", True),
     ("noisynet", "smoke_atari", False),
