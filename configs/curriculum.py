@@ -121,23 +121,25 @@ def _cpu(config: ConfigDict, *, num_steps: int, hidden: int, lr: float) -> Confi
 
 
 def ngram_cpu() -> ConfigDict:
-    config = _cpu(_ngram_data(_base("ngram")), num_steps=1500, hidden=128, lr=3e-3)
+    config = _cpu(_ngram_data(_base("ngram")), num_steps=2000, hidden=128, lr=3e-3)
     config.data.chars_per_task = 150_000
     config.data.test_chars_per_task = 30_000
     config.train.batch_size = 16
     config.curriculum.fresh_batch_size = 16
     config.curriculum.eval_every = 50
     config.curriculum.eval_batch_size = 16
-    config.curriculum.target_loss = 1.75
+    config.curriculum.target_loss = 1.8
     return config
 
 
 def repeat_copy_cpu() -> ConfigDict:
     config = _repeat_copy_data(_base("repeat_copy"), max_length=5, max_repeats=5)
-    config = _cpu(config, num_steps=3000, hidden=128, lr=3e-3)
+    config = _cpu(config, num_steps=15_000, hidden=128, lr=3e-3)
     config.train.batch_size = 16
+    config.train.log_every = 250
+    config.ckpt.every = 5000
     config.curriculum.fresh_batch_size = 16
-    config.curriculum.eval_every = 50
+    config.curriculum.eval_every = 100
     config.curriculum.eval_batch_size = 16
     config.curriculum.target_loss = 0.1
     return config

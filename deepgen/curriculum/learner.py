@@ -283,7 +283,7 @@ def train_step(
     scored = jnp.maximum(jnp.sum(batch.weights_BxT), 1.0)
     metrics = {
         "loss": loss_before * settings.batch_size / scored,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": jnp.sqrt(model.squared_norm(grads)),
         "regulariser": regulariser,
         "signal": progress,
         "reward": reward,

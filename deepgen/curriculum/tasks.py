@@ -345,7 +345,15 @@ def build_ngram_family(config: ml_collections.ConfigDict) -> TaskFamily:
         unit="character",
         train_data=sequences["train"],
         test_data=sequences["test"],
-        params={"context_len": context_len, "num_chars": num_chars, "vocab": tuple(text8.ALPHABET)},
+        params={
+            "context_len": context_len,
+            "num_chars": num_chars,
+            "vocab": tuple(text8.ALPHABET),
+            # H(next | n previous) of each model: the loss floor eval.json reports beside the loss
+            "entropy_floor_nats": tuple(
+                ngram_entropy_nats(tokens_N, order) for order in range(max_order + 1)
+            ),
+        },
     )
 
 

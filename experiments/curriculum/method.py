@@ -8,7 +8,8 @@ each step (RepeatedBatch), never copied again. One device: the learner is a smal
 bandit draws one task per step, so there is nothing to shard.
 
 eval.json: per task the held-out loss (nats per scored step, with its standard error over the
-eval batches) beside the best constant predictor fitted on the task's training sequences;
+eval batches) beside the best constant predictor fitted on the task's training sequences (and, for n-grams,
+the generating model's own conditional entropy, the floor of any learner's loss);
 `mean_target_loss`, the mean of the tasks' held-out losses; the target task's loss; and
 `steps_to_target`, the first step at which the target task's held-out loss (scored every
 curriculum.eval_every steps during training) fell to curriculum.target_loss.
@@ -273,6 +274,8 @@ class Curriculum(Method):
                 "stderr": _finite_or_none(stderr_N[k]),
                 "baseline_loss": float(baseline_N[k]),
             }
+            if "entropy_floor_nats" in family.params:
+                row["entropy_floor"] = float(family.params["entropy_floor_nats"][k])
             if family.likelihood == "categorical":
                 row["accuracy"] = float(np.stack(correct)[:, k].sum() / scored_BxN[:, k].sum())
             per_task[name] = row
