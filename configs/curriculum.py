@@ -29,6 +29,10 @@ def _base(task: str) -> ConfigDict:
     config.task = task
 
     config.model = ConfigDict()
+    # "lstm": the paper's learner; "snap_cell": a (sparse) cell of deepgen.snap, trained by BPTT
+    config.model.kind = "lstm"
+    config.model.cell = "gru"  # snap_cell only: vanilla, gru or lstm
+    config.model.density = 1.0  # snap_cell only: fraction of the cell's weights kept
     config.model.hidden_size = 512  # [recalled] one LSTM layer of 512 cells
     config.model.forget_bias = 1.0  # [assumed]
     config.model.variational = False  # True: train N(mu, sigma^2) weights with the MDL loss

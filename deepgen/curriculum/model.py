@@ -14,17 +14,24 @@ Neural Networks", Sec. 5):
 so that KL(P_phi || Q_psi) = W log sigma_psi - sum_i log sigma_i (W weights). The loss minimised
 is the MDL / variational loss  E_{theta ~ P_phi} L(x, theta) + KL(P_phi || Q_psi) / S, where S is
 the number of training sequences the code length is shared among.
+
+The bandit only needs `apply(params, inputs) -> logits`: besides the paper's LSTM, SnapCellNet
+wraps the (sparse) recurrent cells of deepgen.snap as a second learner.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deepgen.snap import cells
+
 LIKELIHOODS = ("categorical", "bernoulli")
+NETWORKS = ("lstm", "snap_cell")
 
 
 class LSTMNet(nn.Module):
@@ -62,6 +69,66 @@ class LSTMNet(nn.Module):
         zeros_BxH = jnp.zeros((batch, hidden), pre_TxBx4H.dtype)
         _, h_TxBxH = jax.lax.scan(step, (zeros_BxH, zeros_BxH), pre_TxBx4H)
         return nn.Dense(self.output_size, name="readout")(jnp.swapaxes(h_TxBxH, 0, 1))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SnapCellNet:
+    """A second learner: a SnAp cell (deepgen.snap.cells; dense or sparse) and a linear read-out.
+
+    The curriculum trains it by backpropagation through each sequence; its fixed sparsity masks
+    are part of the network, not of the parameters, so masked weights stay zero (their gradient
+    is zero) under maximum-likelihood and variational training alike.
+    """
+
+    cell: cells.CellConfig
+    output_size: int
+    masks: Any  # {w_x, w_h}: fixed 0/1 masks from cells.init_cell
+    biases: Any  # the cell's initial biases (the LSTM's forget bias at 1)
+
+    def init(self, rng: jax.Array) -> Any:
+        """Masked N(0, 1 / kept fan-in) cell weights, the cell's biases, a normal read-out."""
+        keys = jax.random.split(rng, 3)
+        fan_in = {"w_x": self.cell.input_size, "w_h": self.cell.hidden_size}
+        cell_params = dict(self.biases)
+        for key, name in zip(keys[:2], ("w_x", "w_h"), strict=True):
+            mask = self.masks[name]
+            scale = 1.0 / jnp.sqrt(max(1.0, self.cell.density * fan_in[name]))
+            cell_params[name] = jax.random.normal(key, mask.shape) * scale * mask
+        hidden = self.cell.hidden_size
+        readout = {
+            "w": jax.random.normal(keys[2], (hidden, self.output_size)) / jnp.sqrt(hidden),
+            "b": jnp.zeros((self.output_size,)),
+        }
+        return {"cell": cell_params, "readout": readout}
+
+    def apply(self, params: Any, inputs_BxTxI: jax.Array) -> jax.Array:
+        """inputs (B, T, I) -> logits (B, T, O), the cell stepped over time for every sequence."""
+
+        def run(inputs_TxI):
+            def step(state_S, x_I):
+                state_S = cells.cell_step(self.cell, params["cell"], self.masks, state_S, x_I)
+                return state_S, cells.hidden(self.cell, state_S)
+
+            _, h_TxK = jax.lax.scan(step, cells.initial_state(self.cell), inputs_TxI)
+            return h_TxK @ params["readout"]["w"] + params["readout"]["b"]
+
+        return jax.vmap(run)(inputs_BxTxI)
+
+
+def make_snap_cell_net(
+    kind: str,
+    *,
+    input_size: int,
+    hidden_size: int,
+    output_size: int,
+    density: float,
+    rng: jax.Array,
+) -> SnapCellNet:
+    """A SnapCellNet whose masks are drawn from rng (the same rng gives the same masks)."""
+    config = cells.CellConfig(kind, input_size, hidden_size, density=density)
+    params, masks = cells.init_cell(config, rng)  # numpy masks: rng must be concrete here
+    biases = {name: value for name, value in params.items() if name.startswith("b")}
+    return SnapCellNet(config, output_size, masks, biases)
 
 
 def sequence_nll_B(

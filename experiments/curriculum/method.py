@@ -47,6 +47,10 @@ def validate(config: ConfigDict) -> None:
     """One line naming the first field whose value is not allowed."""
     check = Checker(config)
     check.one_of("task", TASKS)
+    check.one_of("model.kind", model.NETWORKS)
+    if config.model.kind == "snap_cell":
+        check.one_of("model.cell", ("vanilla", "gru", "lstm"))
+        check(0.0 < config.model.density <= 1.0, "model.density", "a number in (0, 1]")
     check.one_of("curriculum.signal", signals.POLICIES)
     check.positive(
         "model.hidden_size",
@@ -96,14 +100,29 @@ class Curriculum(Method):
         super().__init__(config, mode=mode)
         self.family = tasks.build_family(config)
         family = self.family
-        self.network = model.LSTMNet(
-            hidden_size=int(config.model.hidden_size),
-            output_size=family.output_size,
-            forget_bias=float(config.model.forget_bias),
-        )
+        if config.model.kind == "snap_cell":
+            self.network = model.make_snap_cell_net(
+                str(config.model.cell),
+                input_size=family.input_size,
+                hidden_size=int(config.model.hidden_size),
+                output_size=family.output_size,
+                density=float(config.model.density),
+                rng=jax.random.fold_in(jax.random.key(int(config.seed)), 17),
+            )
+            apply = self.network.apply
+        else:
+            self.network = model.LSTMNet(
+                hidden_size=int(config.model.hidden_size),
+                output_size=family.output_size,
+                forget_bias=float(config.model.forget_bias),
+            )
+
+            def apply(params, inputs):
+                return self.network.apply({"params": params}, inputs)
+
         variational = bool(config.model.variational)
         self.learner = learner_lib.Learner(
-            apply=lambda params, inputs: self.network.apply({"params": params}, inputs),
+            apply=apply,
             likelihood=family.likelihood,
             variational=variational,
             kl_scale=1.0 / float(config.model.kl_examples) if variational else 0.0,
@@ -139,8 +158,11 @@ class Curriculum(Method):
     def init_params(self, rng: jax.Array) -> Any:
         """The network's initial weights (a posterior around them when variational)."""
         family = self.family
-        inputs = jnp.zeros((1, family.seq_len, family.input_size), jnp.float32)
-        params = self.network.init(rng, inputs)["params"]
+        if isinstance(self.network, model.SnapCellNet):
+            params = self.network.init(rng)
+        else:
+            inputs = jnp.zeros((1, family.seq_len, family.input_size), jnp.float32)
+            params = self.network.init(rng, inputs)["params"]
         if self.learner.variational:
             return model.init_posterior(params, init_sigma=float(self.config.model.init_sigma))
         return params
@@ -185,11 +207,16 @@ class Curriculum(Method):
         """The tasks, the learner and the signal."""
         config, family = self.config, self.family
         regime = "variational (MDL) weights" if config.model.variational else "maximum likelihood"
+        network = (
+            f"SnAp {config.model.cell} cell of {config.model.hidden_size} units, density "
+            f"{config.model.density:g}"
+            if config.model.kind == "snap_cell"
+            else f"LSTM of {config.model.hidden_size} cells"
+        )
         return [
             f"task family {family.kind}: {family.num_tasks} tasks, target {family.task_names[family.target_task]}; "
             f"data: {family.data_source}",
-            f"LSTM of {config.model.hidden_size} cells, {regime}; syllabus: "
-            f"{config.curriculum.signal}",
+            f"{network}, {regime}; syllabus: {config.curriculum.signal}",
         ]
 
     def _plots(self, workdir: str, step: int) -> dict[str, str]:
@@ -383,7 +410,7 @@ def write_predictions(method: Curriculum, state, out_dir: str, *, step: int) -> 
         )
     )(method._data)
     weights = method.learner.point_weights(state.params)
-    logits = np.asarray(method.network.apply({"params": weights}, batch.inputs_BxTxI))
+    logits = np.asarray(method.learner.apply(weights, batch.inputs_BxTxI))
     targets, scored = np.asarray(batch.targets), np.asarray(batch.weights_BxT) > 0
     lines = [f"{family.kind} at step {step}, target task {family.task_names[family.target_task]}"]
     for b in range(logits.shape[0]):

@@ -11,9 +11,12 @@ the other training regime), its eval.json and samples; and the one-line errors.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from configs import curriculum as curriculum_configs
 from experiments import main as entry
+from experiments.curriculum.method import Curriculum
 
 CONFIG = "--config=configs/curriculum.py:repeat_copy_smoke"
 VARIATIONAL = ["--config.model.variational=True"]
@@ -84,3 +87,21 @@ def test_babi_without_its_files_says_where_to_put_them(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.dir" in err[0] and "bAbI" in err[0], err
     assert not workdir.exists()
+
+
+def test_a_sparse_snap_cell_is_a_second_learner_and_stays_sparse(tmp_path):
+    """model.kind=snap_cell: the SnAp GRU at density 0.5 trains under the bandit; pruned weights
+    stay exactly zero after training."""
+    workdir = tmp_path / "snap"
+    sparse = ["--config.model.kind=snap_cell", "--config.model.density=0.5"]
+    args = ["main", "--config=configs/curriculum.py:smoke", f"--workdir={workdir}", *sparse]
+    assert entry.run([*args, "--config.train.num_steps=10"]) == 0
+    config = curriculum_configs.get_config("smoke")
+    config.model.kind, config.model.density, config.train.num_steps = "snap_cell", 0.5, 10
+    method = Curriculum(config, mode="eval")
+    params = method.restore(str(workdir)).params["cell"]
+    for name in ("w_x", "w_h"):
+        mask = np.asarray(method.network.masks[name])
+        assert 0.3 < mask.mean() < 0.7
+        assert np.all(np.asarray(params[name])[mask == 0] == 0.0)
+        assert np.any(np.asarray(params[name])[mask == 1] != 0.0)
