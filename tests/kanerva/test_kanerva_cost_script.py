@@ -1,4 +1,9 @@
-"""benchmarks/kanerva_cost.py: the quick run's JSON, and its rule for skipping slow points."""
+"""benchmarks/kanerva_cost.py: the quick run's JSON, and its rule for skipping slow points.
+
+Only the memory part runs here (`--parts=memory`): the train-step part times the Kanerva and VAE
+smoke steps, which tests/kanerva/test_kanerva_method.py already compiles and runs, and it doubled
+this file's time. Timing itself is the benchmark's business, not the suite's.
+"""
 
 import json
 import math
@@ -13,7 +18,7 @@ def _positive(value) -> bool:
 
 def test_quick_run_writes_finite_positive_timings_of_every_part(tmp_path, capsys):
     out = tmp_path / "kanerva_cost.json"
-    report = kanerva_cost.main(["--quick", f"--out={out}"])
+    report = kanerva_cost.main(["--quick", "--parts=memory", f"--out={out}"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
 
     for key in ("date", "host", "machine", "jax", "device_count", "command", "peak_memory"):
@@ -51,22 +56,11 @@ def test_quick_run_writes_finite_positive_timings_of_every_part(tmp_path, capsys
                 assert (exponent is None) == (i == 0)
                 assert exponent is None or math.isfinite(exponent)
 
-    train, train_settings = report["train_step"], report["train_step_settings"]
-    assert train_settings["kanerva_variant"] == "smoke"
-    assert train_settings["vae_variant"] == "vae_smoke"
-    assert train_settings["images_per_step"] == (
-        train_settings["episodes_per_step"] * train_settings["episode_length"]
-    )
-    for name in ("vae", "kanerva"):
-        for key in ("ms_per_step_median", "ms_per_step_min", "images_per_s", "loss_last"):
-            assert _positive(train[name][key]), (name, key)
-        assert len(train[name]["ms_all"]) == train_settings["timed_steps"] == 3
-    assert _positive(train["ratio_median"])
+    assert "train_step" not in report or not report["train_step"]
 
     printed = capsys.readouterr().out
     assert "## Kanerva Machine memory and train step" in printed
     assert "| ms / call, T = 8 | K = 8 | K = 16 |" in printed
-    assert "ratio Kanerva Machine / VAE (medians)" in printed
 
 
 def test_a_point_predicted_slower_than_max_call_s_is_skipped_with_a_note():
