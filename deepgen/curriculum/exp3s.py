@@ -13,8 +13,8 @@ public re-implementation of Collier and Beel uses them). The raw learning progre
 into a reservoir of past unscaled rewards and mapped to [-1, 1] by the reservoir's 20th and 80th
 percentiles: -1 below q_lo, +1 above q_hi, linear in between.
 
-Everything is a pure function of an explicit pytree state (fixed-size reservoir plus a counter,
-Vitter's Algorithm R), so the bandit runs inside the jitted train step and is checkpointed with
+Everything is a pure function of an explicit pytree state (a fixed-size reservoir kept sorted,
+plus a counter: Vitter's Algorithm R), so the bandit runs inside the jitted train step and is checkpointed with
 it. The update is computed in log space; after each update the weights are shifted so that their
 maximum is 0, which leaves the policy and every later update unchanged (both are invariant to a
 common shift) and keeps float32 weights from growing without bound.
@@ -34,7 +34,7 @@ class Exp3SState(NamedTuple):
 
     log_weights_N: jax.Array  # float32 (N,), max-normalised w
     t: jax.Array  # int32 scalar, the number of the next update (alpha_t = 1 / t)
-    reservoir_R: jax.Array  # float32 (R,), unscaled past rewards; the first min(count, R) are used
+    reservoir_R: jax.Array  # float32 (R,), unscaled past rewards, sorted; +inf where not filled
     count: jax.Array  # int32 scalar, rewards seen so far
 
 
@@ -45,7 +45,7 @@ def init(num_tasks: int, reservoir_size: int) -> Exp3SState:
     return Exp3SState(
         log_weights_N=jnp.zeros((num_tasks,), jnp.float32),
         t=jnp.asarray(1, jnp.int32),
-        reservoir_R=jnp.zeros((reservoir_size,), jnp.float32),
+        reservoir_R=jnp.full((reservoir_size,), jnp.inf, jnp.float32),
         count=jnp.asarray(0, jnp.int32),
     )
 
@@ -59,15 +59,31 @@ def policy(state: Exp3SState, *, epsilon: float) -> jax.Array:
 def reservoir_add(
     reservoir_R: jax.Array, count: jax.Array, value: jax.Array, rng: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Algorithm R: keep a uniform sample of all values seen in a buffer of fixed size R."""
+    """Algorithm R on a reservoir kept SORTED: a uniform sample of every value seen, size R.
+
+    The filled part (the first min(count, R) entries) is in ascending order and the rest is +inf.
+    While there is room the value is inserted in order; afterwards a uniform draw j in [0, count]
+    replaces the j-th kept value (in sorted order, which is as uniform a choice as any) when
+    j < R. Insert and remove are O(R) shifts, so the percentiles are read off by index instead of
+    sorting the reservoir at every update.
+    """
     size = reservoir_R.shape[0]
+    index_R = jnp.arange(size)
     slot = jax.random.randint(rng, (), 0, jnp.maximum(count + 1, 1))
-    index = jnp.where(count < size, count, slot)
-    keep = index < size
-    updated = reservoir_R.at[jnp.minimum(index, size - 1)].set(
-        jnp.where(keep, value, reservoir_R[jnp.minimum(index, size - 1)])
+    full = count >= size
+    replace = full & (slot < size)
+    # Remove the replaced entry (full reservoir), shifting the larger ones down; +inf at the end.
+    shifted_R = jnp.concatenate([reservoir_R[1:], jnp.full((1,), jnp.inf, reservoir_R.dtype)])
+    removed_R = jnp.where(index_R >= slot, shifted_R, reservoir_R)
+    base_R = jnp.where(replace, removed_R, reservoir_R)
+    # Insert in order: the last entry (+inf when there is room or after a removal) drops out.
+    position = jnp.searchsorted(base_R, value, side="right")
+    previous_R = jnp.concatenate([base_R[:1], base_R[:-1]])
+    inserted_R = jnp.where(
+        index_R < position, base_R, jnp.where(index_R == position, value, previous_R)
     )
-    return updated, count + 1
+    updated_R = jnp.where(full & ~replace, reservoir_R, inserted_R)
+    return updated_R, count + 1
 
 
 def reservoir_quantiles(
@@ -77,17 +93,16 @@ def reservoir_quantiles(
     low: float = QUANTILE_LOW,
     high: float = QUANTILE_HIGH,
 ) -> tuple[jax.Array, jax.Array]:
-    """The low and high percentiles of the filled part of the reservoir (numpy's linear rule)."""
+    """The low and high percentiles of the filled, sorted reservoir (numpy's linear rule)."""
     size = reservoir_R.shape[0]
-    filled = jnp.minimum(count, size)
-    ordered = jnp.sort(jnp.where(jnp.arange(size) < filled, reservoir_R, jnp.inf))
+    filled = jnp.maximum(jnp.minimum(count, size), 1)
 
     def quantile(q: float) -> jax.Array:
-        position = q * (jnp.maximum(filled, 1) - 1).astype(jnp.float32)
+        position = q * (filled - 1).astype(jnp.float32)
         below = jnp.floor(position).astype(jnp.int32)
-        above = jnp.minimum(below + 1, jnp.maximum(filled, 1) - 1)
+        above = jnp.minimum(below + 1, filled - 1)
         fraction = position - below
-        return ordered[below] + fraction * (ordered[above] - ordered[below])
+        return reservoir_R[below] + fraction * (reservoir_R[above] - reservoir_R[below])
 
     return quantile(low), quantile(high)
 

@@ -57,6 +57,11 @@ class Learner:
         """The batch mean of L(x, theta) (E over one posterior draw when variational)."""
         return jnp.mean(self.nll_B(self.weights(params, noise_rng), batch))
 
+    @property
+    def regularised(self) -> bool:
+        """Whether the loss has a regulariser (variational KL or a positive L2 weight)."""
+        return self.variational or self.l2_weight > 0
+
     def regulariser(self, params: Any) -> jax.Array:
         """KL(P_phi || Q_psi) / S when variational, alpha/2 ||theta||^2 otherwise."""
         if self.variational:
@@ -162,8 +167,13 @@ def raw_signal(
     loss_grads: Any,
     noise_rng: jax.Array,
     fresh_rng: jax.Array,
+    complexity_grads: Any = None,
 ) -> jax.Array:
-    """The learning progress nu of settings.signal for one update (before length division)."""
+    """The learning progress nu of settings.signal for one update (before length division).
+
+    complexity_grads, the gradient of KL(P_phi || Q_psi), is computed here when not given (the
+    train step passes the regulariser's gradient divided by kl_scale, which is the same).
+    """
     name = settings.signal
     if name == "prediction_gain":
         loss_after = learner.data_loss(new_params, batch, noise_rng)
@@ -184,8 +194,10 @@ def raw_signal(
             complexity_after=model.complexity(new_params),
         )
     if name == "gradient_variational_complexity_gain":
+        if complexity_grads is None:
+            complexity_grads = jax.grad(model.complexity)(params)
         return signals.gradient_variational_complexity_gain(
-            complexity_grads=jax.grad(model.complexity)(params), loss_grads=loss_grads
+            complexity_grads=complexity_grads, loss_grads=loss_grads
         )
     if name == "l2_gain":
         return signals.l2_gain(params_before=params, params_after=new_params)
@@ -218,8 +230,11 @@ def train_step(
 
     params = state.params
     loss_before, loss_grads = jax.value_and_grad(learner.data_loss)(params, batch, noise_rng)
-    regulariser, regulariser_grads = jax.value_and_grad(learner.regulariser)(params)
-    grads = jax.tree.map(jnp.add, loss_grads, regulariser_grads)
+    if learner.regularised:
+        regulariser, regulariser_grads = jax.value_and_grad(learner.regulariser)(params)
+        grads = jax.tree.map(jnp.add, loss_grads, regulariser_grads)
+    else:
+        regulariser, regulariser_grads, grads = jnp.zeros((), jnp.float32), None, loss_grads
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
 
@@ -235,6 +250,11 @@ def train_step(
         loss_grads=loss_grads,
         noise_rng=noise_rng,
         fresh_rng=fresh_rng,
+        complexity_grads=(
+            jax.tree.map(lambda g: g / learner.kl_scale, regulariser_grads)
+            if learner.variational and learner.kl_scale > 0
+            else None
+        ),
     )
     mean_length = jnp.mean(batch.lengths_B)
     progress = nu / mean_length if settings.divide_by_length else nu

@@ -182,32 +182,38 @@ def sample_weights(posterior: Posterior, rng: jax.Array) -> Any:
     )
 
 
-def _flat(tree: Any) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+def _leaf_sum(function, *trees: Any) -> jax.Array:
+    """sum over the leaves of sum(function(leaf, ...)), without concatenating the leaves."""
+    return sum(
+        jnp.sum(function(*leaves)) for leaves in zip(*map(jax.tree.leaves, trees), strict=True)
+    )
 
 
 def adaptive_prior(posterior: Posterior) -> tuple[jax.Array, jax.Array]:
     """(mu_psi, sigma_psi^2): the single Gaussian prior that minimises KL(P_phi || Q_psi)."""
-    mean_W = _flat(posterior.mean)
-    variance_W = jnp.exp(2.0 * _flat(posterior.log_sigma))
-    prior_mean = jnp.mean(mean_W)
-    prior_variance = jnp.mean(variance_W + (mean_W - prior_mean) ** 2)
-    return prior_mean, prior_variance
+    num_weights = sum(leaf.size for leaf in jax.tree.leaves(posterior.mean))
+    prior_mean = _leaf_sum(lambda m: m, posterior.mean) / num_weights
+    second_moment = _leaf_sum(
+        lambda m, s: jnp.exp(2.0 * s) + (m - prior_mean) ** 2, posterior.mean, posterior.log_sigma
+    )
+    return prior_mean, second_moment / num_weights
 
 
 def gaussian_kl(
     posterior: Posterior, prior_mean: jax.Array, prior_variance: jax.Array
 ) -> jax.Array:
     """KL(N(mu, sigma^2) || N(mu_psi, sigma_psi^2)) summed over every weight (nats)."""
-    mean_W = _flat(posterior.mean)
-    log_sigma_W = _flat(posterior.log_sigma)
-    variance_W = jnp.exp(2.0 * log_sigma_W)
-    return jnp.sum(
-        0.5 * jnp.log(prior_variance)
-        - log_sigma_W
-        + (variance_W + (mean_W - prior_mean) ** 2) / (2.0 * prior_variance)
-        - 0.5
-    )
+
+    def per_weight(mean, log_sigma):
+        variance = jnp.exp(2.0 * log_sigma)
+        return (
+            0.5 * jnp.log(prior_variance)
+            - log_sigma
+            + (variance + (mean - prior_mean) ** 2) / (2.0 * prior_variance)
+            - 0.5
+        )
+
+    return _leaf_sum(per_weight, posterior.mean, posterior.log_sigma)
 
 
 def complexity(posterior: Posterior) -> jax.Array:

@@ -93,10 +93,23 @@ def test_first_update_mixes_fully_and_later_ones_less():
     np.testing.assert_allclose(np.asarray(w), expected - expected.max(), atol=1e-5)
 
 
+def fill(values, size, key):
+    """Pass values through reservoir_add one by one: (reservoir, count)."""
+
+    def body(carry, inputs):
+        i, value = inputs
+        return exp3s.reservoir_add(*carry, value, jax.random.fold_in(key, i)), None
+
+    start = (jnp.full((size,), jnp.inf), jnp.int32(0))
+    indices = jnp.arange(len(values))
+    return jax.lax.scan(body, start, (indices, jnp.asarray(values, jnp.float32)))[0]
+
+
 def test_quantiles_match_numpy_and_rescale_is_clipped():
     values = np.array([0.3, -1.2, 2.5, 0.7, 0.71, 5.0, -0.1], np.float32)
-    buffer = jnp.zeros(16).at[: len(values)].set(values)
-    lo, hi = exp3s.reservoir_quantiles(buffer, jnp.int32(len(values)))
+    buffer, count = fill(values, 16, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(buffer[:7]), np.sort(values))  # kept in order
+    lo, hi = exp3s.reservoir_quantiles(buffer, count)
     np.testing.assert_allclose([float(lo), float(hi)], np.quantile(values, [0.2, 0.8]), rtol=1e-6)
     # Quantiles are not rounded up (one public version applied ceil to them).
     assert float(lo) != np.ceil(float(lo))
@@ -104,22 +117,26 @@ def test_quantiles_match_numpy_and_rescale_is_clipped():
     np.testing.assert_allclose(np.asarray(scaled), [-1, -1, 1, 1, 0], atol=1e-6)
 
 
+def test_a_full_reservoir_stays_sorted_and_its_quantiles_are_numpys():
+    """Replacements keep the order, ties and negatives included; quantiles equal np.quantile's."""
+    values = np.round(np.random.default_rng(1).normal(size=300), 1)  # many ties
+    buffer, count = jax.jit(fill, static_argnums=1)(values, 40, jax.random.key(3))
+    kept = np.asarray(buffer)
+    assert int(count) == 300 and np.all(np.isfinite(kept)) and np.all(np.diff(kept) >= 0)
+    assert set(kept.tolist()) <= set(values.astype(np.float32).tolist())
+    lo, hi = exp3s.reservoir_quantiles(buffer, count)
+    np.testing.assert_allclose([float(lo), float(hi)], np.quantile(kept, [0.2, 0.8]), rtol=1e-6)
+
+
 def test_reservoir_keeps_a_uniform_sample():
     """Algorithm R: after n values, each is in a buffer of size R with probability R / n."""
     size, n, trials = 5, 20, 4000
 
-    def fill(key):
-        def body(carry, i):
-            buffer, count = carry
-            buffer, count = exp3s.reservoir_add(
-                buffer, count, i.astype(jnp.float32), jax.random.fold_in(key, i)
-            )
-            return (buffer, count), None
-
-        (buffer, _), _ = jax.lax.scan(body, (jnp.zeros(size), jnp.int32(0)), jnp.arange(n))
+    def included(key):
+        buffer, _ = fill(np.arange(n), size, key)
         return jnp.zeros(n).at[buffer.astype(jnp.int32)].add(1.0)
 
-    inclusion = jax.jit(jax.vmap(fill))(jax.random.split(jax.random.key(0), trials)).mean(0)
+    inclusion = jax.jit(jax.vmap(included))(jax.random.split(jax.random.key(0), trials)).mean(0)
     standard_error = np.sqrt(0.25 * 0.75 / trials)
     np.testing.assert_allclose(np.asarray(inclusion), size / n, atol=4.5 * standard_error)
 

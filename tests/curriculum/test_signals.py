@@ -85,7 +85,12 @@ def initial(variational):
 # compilation per regime), and the step's own `signal` metric ties the fused path to them.
 REGIMES = {
     "ml": (False, 0.0, signals.LOSS_SIGNALS),
-    "vi": (True, 0.0, ("prediction_gain", *signals.VARIATIONAL_SIGNALS)),
+    # GVCG first: the fused step takes its KL gradient from the regulariser's, not recomputed
+    "vi": (
+        True,
+        0.0,
+        ("gradient_variational_complexity_gain", "variational_complexity_gain", "prediction_gain"),
+    ),
     "l2": (False, 0.01, signals.L2_SIGNALS),
 }
 
