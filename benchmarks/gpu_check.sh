@@ -32,3 +32,12 @@ done
 # against the VAE's with the same networks.
 timeout 180 python3 benchmarks/kanerva_cost.py --steps 15 --out=${OUT:-/tmp}/kanerva_cost.json 2>&1 \
   | grep -E "^[|]|^ratio|^device|Error|error" | tee -a "$LOG"
+# Curriculum (Exp3.S): every signal's fused step against a uniform-sampling step at the paper's
+# repeat copy size (169 tasks, 184 steps, LSTM of 512, batch 32), then the smoke variant through
+# the runner.
+timeout 240 python3 benchmarks/curriculum_cost.py --config repeat_copy --steps 30 --repeats 3 \
+  --out=${OUT:-/tmp}/curriculum_cost.json 2>&1 | grep -E "^[|]|Error|error" | tee -a "$LOG"
+for MODE in train eval sample; do
+  timeout 60 python3 -m experiments.main --config=configs/curriculum.py:smoke --workdir=/tmp/gpu_cur \
+    --mode=$MODE 2>&1 | tail -1 | sed "s/^/curriculum $MODE: /" | tee -a "$LOG"
+done
