@@ -269,8 +269,25 @@ def discrete_time_loss_discretised(
 
 
 def reconstruction_loss_discretised(x: jax.Array, probs_xK: jax.Array) -> jax.Array:
-    """L^r per dimension for discretised data: -ln p_O(x | theta_1; 1)."""
+    """L^r per dimension for discretised data from the K masses: -ln p_O(x | theta_1; 1).
+
+    Masses below float32's smallest normal are floored there (at most 87.3 nats); the training
+    and evaluation path uses reconstruction_loss_discretised_exact, which has no floor.
+    """
     return -discretised_log_prob(x, probs_xK)
+
+
+def reconstruction_loss_discretised_exact(
+    x: jax.Array, mean: jax.Array, std: jax.Array, *, num_bins: int
+) -> jax.Array:
+    """L^r per dimension for discretised data from the output normal's (mean, std): no floor.
+
+    -ln P(bin of x) in log space (_log_bin_mass: log_ndtr of the nearer tail), exact far into the
+    tails where the bin's mass underflows float32, like reconstruction_loss_continuous.
+    """
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.broadcast_to(jnp.asarray(std, jnp.float32), mean.shape)
+    return -_log_bin_mass(bin_index(x, num_bins), mean, std, num_bins)
 
 
 def reconstruction_loss_continuous(

@@ -253,8 +253,13 @@ class ContinuousFlow(_Flow):
         """L^r per variable, from one draw of the flow at t = 1."""
         mu1 = continuous.flow_sample(x_BxD, _expand(t1_B, x_BxD.ndim), sigma1=self.sigma1, rng=rng)
         if self.discretised:
-            probs1 = self.probs(params, mu1, t1_B, train=False, rng=rng)
-            return continuous.reconstruction_loss_discretised(x_BxD, probs1)
+            out = self._outputs(params, mu1, t1_B, train=False, rng=rng)
+            mean, std = continuous.discretised_output_params(
+                mu1, out[..., 0], out[..., 1], _expand(t1_B, mu1.ndim), sigma1=self.sigma1
+            )
+            return continuous.reconstruction_loss_discretised_exact(
+                x_BxD, mean, std, num_bins=self.num_bins
+            )
         x_hat1 = self.x_hat(params, mu1, t1_B, train=False, rng=rng)
         return continuous.reconstruction_loss_continuous(
             x_BxD, x_hat1, sigma=self.recon_sigma, num_bins=self.num_bins
