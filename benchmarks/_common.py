@@ -1,11 +1,17 @@
 """Set-up shared by the benchmark scripts: config overrides, the machine, the timed train step."""
 
 import ast
+import datetime
 import os
 import platform
 import resource
+import shlex
+import socket
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 from ml_collections import ConfigDict
@@ -144,3 +150,32 @@ def parse_sizes(text: str | None) -> list[int] | None:
     if not text:
         return None
     return [int(float(part.replace("_", ""))) for part in text.split(",") if part.strip()]
+
+
+def output_path(out: str | None, *, quick: bool, default: Path, quick_name: str) -> Path:
+    """--out if given; a --quick run writes under the temp folder, never over the real result."""
+    if out:
+        return Path(out)
+    return Path(tempfile.gettempdir()) / quick_name if quick else default
+
+
+def report_header(script: str, argv: Sequence[str] | None, *, quick: bool) -> dict:
+    """The fields every benchmark report starts with (prints the device line as it starts)."""
+    command = f"python {script}" + "".join(
+        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    print(
+        f"device: {machine_description()}, jax {jax.__version__}, load average {load_average()}",
+        flush=True,
+    )
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "host": socket.gethostname(),
+        "machine": machine_description(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "command": command,
+        "quick": quick,
+        "load_average_start": load_average(),
+    }

@@ -46,14 +46,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import functools
 import json
-import shlex
-import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,11 +61,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _common  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     StepRunner,
     available_bytes,
     load_average,
-    machine_description,
     parse_sizes,
     peak_memory,
     time_interleaved,
@@ -469,30 +465,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     search_sizes = parse_sizes(args.sizes) or list(
         QUICK_SEARCH_SIZES if args.quick else SEARCH_SIZES
     )
-    if args.out:
-        out = Path(args.out)
-    elif args.quick:
-        out = Path(tempfile.gettempdir()) / "acn_search_quick.json"
-    else:
-        out = DEFAULT_OUT
-    command = "python benchmarks/acn_search.py" + "".join(
-        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    out = _common.output_path(
+        args.out, quick=args.quick, default=DEFAULT_OUT, quick_name="acn_search_quick.json"
     )
-    print(
-        f"device: {machine_description()}, jax {jax.__version__}, load average {load_average()}",
-        flush=True,
-    )
-    report: dict = {
-        "date": datetime.datetime.now().isoformat(timespec="minutes"),
-        "host": socket.gethostname(),
-        "machine": machine_description(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device_count": jax.device_count(),
-        "command": command,
-        "quick": args.quick,
-        "load_average_start": load_average(),
-    }
+    report: dict = _common.report_header("benchmarks/acn_search.py", argv, quick=args.quick)
     if "train" in parts:
         report["train_step"], report["train_step_settings"] = train_step_benchmark(
             args, train_sizes

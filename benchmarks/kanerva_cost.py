@@ -62,16 +62,12 @@ count, load average, command line) and writes everything to --out as JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import math
 import os
-import shlex
-import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,12 +80,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _common  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     StepRunner,
     apply_overrides,
     available_bytes,
     load_average,
-    machine_description,
     parse_sizes,
     peak_memory,
     time_interleaved,
@@ -570,30 +566,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         # It takes effect only before JAX starts its backend (so when run as a script).
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA_FLAG}".strip()
     parts = {p.strip() for p in args.parts.split(",")}
-    if args.out:
-        out = Path(args.out)
-    elif args.quick:
-        out = Path(tempfile.gettempdir()) / "kanerva_cost_quick.json"
-    else:
-        out = DEFAULT_OUT
-    command = "python benchmarks/kanerva_cost.py" + "".join(
-        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    out = _common.output_path(
+        args.out, quick=args.quick, default=DEFAULT_OUT, quick_name="kanerva_cost_quick.json"
     )
-    print(
-        f"device: {machine_description()}, jax {jax.__version__}, load average {load_average()}",
-        flush=True,
-    )
-    report: dict = {
-        "date": datetime.datetime.now().isoformat(timespec="minutes"),
-        "host": socket.gethostname(),
-        "machine": machine_description(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device_count": jax.device_count(),
-        "command": command,
-        "quick": args.quick,
-        "load_average_start": load_average(),
-    }
+    report: dict = _common.report_header("benchmarks/kanerva_cost.py", argv, quick=args.quick)
     if "memory" in parts:
         report["memory"], report["memory_scaling"], report["memory_settings"] = memory_benchmark(
             args
