@@ -63,6 +63,10 @@ def _base(task: str, cell: str) -> ConfigDict:
     config.eval.num_crops = 256
     config.eval.batch_size = 64
     config.eval.num_sequences = 256  # copy: fresh strings of the reached length
+    # char LM: also the whole split read in order with the state carried (0 = all of it), cut
+    # into this many contiguous streams read in parallel
+    config.eval.full_pass_chars = 0
+    config.eval.full_pass_streams = 16
 
     config.sample = ConfigDict()
     config.sample.num_chars = 400
@@ -116,6 +120,8 @@ def _smoke() -> ConfigDict:
     config.eval.num_sequences = 8
     config.eval.num_crops = 8
     config.eval.batch_size = 8
+    config.eval.full_pass_chars = 2048
+    config.eval.full_pass_streams = 4
     config.ckpt.keep = 2
     config.sample.num_samples = 2
     config.sample.num_chars = 40

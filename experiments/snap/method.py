@@ -99,6 +99,10 @@ def validate(config: ConfigDict) -> None:
     require(config.data.seq_len > 0, "data.seq_len", "a positive integer")
     require(config.eval.split in char_text.SPLITS, "eval.split", f"one of {char_text.SPLITS}")
     require(config.eval.num_crops > 0, "eval.num_crops", "a positive integer")
+    require(config.eval.full_pass_streams > 0, "eval.full_pass_streams", "a positive integer")
+    require(
+        config.eval.full_pass_chars >= 0, "eval.full_pass_chars", "0 (all) or a positive integer"
+    )
     require(config.eval.batch_size > 0, "eval.batch_size", "a positive integer")
     require(config.eval.num_sequences > 0, "eval.num_sequences", "a positive integer")
     require(config.sample.num_chars > 0, "sample.num_chars", "a positive integer")
@@ -300,6 +304,18 @@ class SnAp(Method):
         else:
             corpus = self._load(config.eval.split)
             report = evaluate_charlm(self, carry, corpus, progress, num_crops=num_crops)
+            full_chars = int(config.eval.full_pass_chars)
+            if quick:
+                full_chars = min(full_chars or corpus.num_tokens, 4096)
+            report.update(
+                evaluate_charlm_full_pass(
+                    self,
+                    carry,
+                    corpus,
+                    streams=int(config.eval.full_pass_streams),
+                    max_chars=full_chars,
+                )
+            )
             unigram = _unigram_bits(
                 self._load("train").tokens_N, corpus.tokens_N, len(self.symbols)
             )
@@ -408,6 +424,57 @@ def evaluate_charlm(
         "seq_len": seq_len,
         "split": corpus.split,
         "data_source": corpus.source,
+    }
+
+
+def evaluate_charlm_full_pass(
+    experiment: SnAp,
+    carry: Carry,
+    corpus: char_text.CharCorpus,
+    *,
+    streams: int,
+    max_chars: int = 0,
+) -> dict:
+    """Bits per character of the whole split read in order, the state carried throughout.
+
+    The usual language-model protocol, beside the random crops of evaluate_charlm (which start
+    every crop from a zero state): the split (its first max_chars characters when > 0) is cut
+    into `streams` contiguous pieces read in parallel, each from one zero state to its end, so
+    only `streams` characters of the split are predicted without context. Every character after
+    the first of each piece is scored once.
+    """
+    tokens_N = np.asarray(corpus.tokens_N)
+    if max_chars > 0:
+        tokens_N = tokens_N[:max_chars]
+    piece = (len(tokens_N) - 1) // streams
+    if piece < 1:
+        raise UserError(
+            f"config.eval.full_pass_streams={streams} is too many for {len(tokens_N)} characters "
+            "of the split; lower it"
+        )
+    inputs_SxL = tokens_N[: streams * piece].reshape(streams, piece)
+    targets_SxL = tokens_N[1 : streams * piece + 1].reshape(streams, piece)
+    vocab, cell_config = len(experiment.symbols), experiment.cell_config
+
+    @jax.jit
+    def stream_nats(params, readout, inputs_SxL, targets_SxL):
+        def one(inputs_L, targets_L):
+            x_LxV = jax.nn.one_hot(inputs_L, vocab, dtype=jnp.float32)
+            log_probs_LxC = sequence_log_probs(
+                cell_config, params, experiment.masks, readout, x_LxV
+            )
+            return -jnp.take_along_axis(log_probs_LxC, targets_L[:, None], axis=-1)[:, 0]
+
+        return jax.vmap(one)(inputs_SxL, targets_SxL)
+
+    nats_SxL = np.asarray(
+        stream_nats(carry.params, carry.readout, jnp.asarray(inputs_SxL), jnp.asarray(targets_SxL)),
+        np.float64,
+    )
+    return {
+        "bits_per_char_full_pass": float(nats_SxL.mean() / LN2),
+        "full_pass_num_chars": int(nats_SxL.size),
+        "full_pass_streams": streams,
     }
 
 

@@ -245,6 +245,9 @@ def test_charlm_trains_evaluates_and_samples(tmp_path):
     assert report["split"] == "validation" and report["num_chars"] == 8 * 16
     assert report["tokens_trained"] == 128 * 4
     assert 0 < report["bits_per_char"] < 6 and report["bits_per_char_stderr"] > 0
+    # the whole split read in order: 4 streams of (2048 - 1) // 4 characters each
+    assert report["full_pass_num_chars"] == 4 * 511 and report["full_pass_streams"] == 4
+    assert 0 < report["bits_per_char_full_pass"] < 6
     assert entry.run([*args, "--mode=sample"]) == 0
     lines = (workdir / "samples" / "samples_step128.txt").read_text().splitlines()
     assert len(lines) == 2 and all(line.startswith("the ") and len(line) == 44 for line in lines)
@@ -264,3 +267,34 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     )
     assert "estimator.snap_block" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_full_pass_evaluation_carries_the_state_through_each_stream():
+    """bits_per_char_full_pass = the mean of -log2 p over a step-by-step read of each stream."""
+    from types import SimpleNamespace
+
+    from deepgen.data import char_text
+    from deepgen.snap import cells
+    from deepgen.snap.online import init_readout, readout_logits
+    from experiments.snap.method import evaluate_charlm_full_pass
+
+    vocab, streams = 5, 3
+    cell_config = cells.CellConfig("gru", vocab, 6, density=0.5)
+    params, masks = cells.init_cell(cell_config, jax.random.key(0))
+    readout = init_readout(jax.random.key(1), 6, vocab)
+    tokens = np.random.default_rng(0).integers(0, vocab, 40).astype(np.uint8)
+    corpus = char_text.CharCorpus(tokens, tuple(bytes([97 + i]) for i in range(vocab)), "x", "y")
+    experiment = SimpleNamespace(symbols=corpus.symbols, cell_config=cell_config, masks=masks)
+    carry = SimpleNamespace(params=params, readout=readout)
+    report = evaluate_charlm_full_pass(experiment, carry, corpus, streams=streams)
+    piece = (len(tokens) - 1) // streams
+    nats = []
+    for s in range(streams):
+        state = cells.initial_state(cell_config)
+        for t in range(s * piece, (s + 1) * piece):
+            x = jax.nn.one_hot(tokens[t], vocab)
+            state = cells.cell_step(cell_config, params, masks, state, x)
+            logits = readout_logits(readout, cells.hidden(cell_config, state))
+            nats.append(-float(jax.nn.log_softmax(logits)[tokens[t + 1]]))
+    assert report["full_pass_num_chars"] == streams * piece == len(nats)
+    assert report["bits_per_char_full_pass"] == pytest.approx(np.mean(nats) / np.log(2), rel=1e-5)
