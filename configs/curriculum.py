@@ -48,6 +48,10 @@ def _base(task: str) -> ConfigDict:
     config.curriculum.epsilon = 0.05  # [checked]
     config.curriculum.reservoir_size = 10_000  # [assumed] unscaled rewards kept for the quantiles
     config.curriculum.divide_by_length = True  # [checked] progress per unit of processing time
+    # GVCG and GL2G: False = the first-order complexity gains under gradient descent (the
+    # negatives of the products the paper prints); True = the products as printed, which reward
+    # steps that shrink the complexity (deepgen/curriculum/signals.py, benchmarks/RESULTS.md)
+    config.curriculum.literal_complexity_gradient = False
     config.curriculum.fresh_batch_size = 32  # x' of SPG / TPG / MPG
     config.curriculum.eval_every = 1000  # steps between held-out scores of every task
     config.curriculum.eval_batch_size = 32

@@ -85,6 +85,8 @@ class CurriculumSettings:
     eval_batch_size: int = 32
     eval_seed: int = 12345
     target_loss: float = 0.0  # nats per scored step on the target task's held-out batch
+    # -1: GVCG and GL2G as first-order complexity gains under descent; +1: as the paper prints
+    complexity_gradient_sign: float = -1.0
 
 
 class CurriculumState(struct.PyTreeNode):
@@ -197,12 +199,16 @@ def raw_signal(
         if complexity_grads is None:
             complexity_grads = jax.grad(model.complexity)(params)
         return signals.gradient_variational_complexity_gain(
-            complexity_grads=complexity_grads, loss_grads=loss_grads
+            complexity_grads=complexity_grads,
+            loss_grads=loss_grads,
+            sign=settings.complexity_gradient_sign,
         )
     if name == "l2_gain":
         return signals.l2_gain(params_before=params, params_after=new_params)
     if name == "gradient_l2_gain":
-        return signals.gradient_l2_gain(params=params, loss_grads=loss_grads)
+        return signals.gradient_l2_gain(
+            params=params, loss_grads=loss_grads, sign=settings.complexity_gradient_sign
+        )
     if name == "uniform":
         return jnp.asarray(0.0, jnp.float32)
     raise ValueError(f"signal {name!r} is not one of {signals.POLICIES}")

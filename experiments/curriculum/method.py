@@ -52,6 +52,7 @@ def validate(config: ConfigDict) -> None:
         check.one_of("model.cell", ("vanilla", "gru", "lstm"))
         check(0.0 < config.model.density <= 1.0, "model.density", "a number in (0, 1]")
     check.one_of("curriculum.signal", signals.POLICIES)
+    check.boolean("curriculum.literal_complexity_gradient")
     check.positive(
         "model.hidden_size",
         "train.batch_size",
@@ -143,6 +144,7 @@ class Curriculum(Method):
             eval_batch_size=int(cur.eval_batch_size),
             eval_seed=int(config.seed) + 7919,
             target_loss=float(cur.target_loss),
+            complexity_gradient_sign=1.0 if cur.literal_complexity_gradient else -1.0,
         )
         self._data = jax.tree.map(jnp.asarray, (family.train_data, family.test_data))
 

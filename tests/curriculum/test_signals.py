@@ -188,7 +188,7 @@ def test_signal_equals_direct_computation(signal, regime):
     elif signal == "gradient_variational_complexity_gain":
         kl_grads = jax.grad(closed_form_kl)(before)
         loss_grads = jax.grad(data_loss)(before, batch)
-        nu = sum(
+        nu = -sum(  # the first-order sign (the default; the paper prints the product without -)
             np.vdot(a, b)
             for a, b in zip(jax.tree.leaves(kl_grads), jax.tree.leaves(loss_grads), strict=False)
         )
@@ -199,7 +199,7 @@ def test_signal_equals_direct_computation(signal, regime):
         nu = norm(after) - norm(before)
     elif signal == "gradient_l2_gain":
         grads = jax.grad(data_loss)(before, batch)
-        nu = sum(
+        nu = -sum(
             np.vdot(a, b)
             for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(grads), strict=False)
         )
@@ -258,3 +258,55 @@ def test_step_evaluates_and_records_steps_to_target():
     _, new_state, *_ = run_step("ml")
     assert np.all(np.isfinite(np.asarray(new_state.eval_loss_N)))
     assert int(new_state.steps_to_target) == 1  # target_loss=100 is met at the first eval
+
+
+def test_gradient_complexity_signals_are_first_order_complexity_gains():
+    """Why the default sign is -1: for a small descent step on the regularised loss,
+    VCG = -lr (GVCG_printed + grad KL . grad KL / S) + O(lr^2), and L2G = -2 lr (GL2G_printed +
+    alpha ||theta||^2) + O(lr^2): the printed products move against the gains they approximate."""
+    posterior = initial(True)
+    lr, kl_scale, alpha = 1e-4, 1e-3, 0.01
+    batch = FAMILY.sample(jax.random.key(5), jnp.int32(1), BATCH)
+    noise = jax.random.key(6)
+
+    def loss(p):
+        return direct_loss(model.sample_weights(p, noise), batch)
+
+    loss_grads, kl_grads = jax.grad(loss)(posterior), jax.grad(closed_form_kl)(posterior)
+    step = jax.tree.map(lambda g, k: -lr * (g + kl_scale * k), loss_grads, kl_grads)
+
+    def kl64(p):  # the closed form in float64: the change is far below float32's resolution
+        mu = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(p.mean)])
+        log_sigma = np.concatenate(
+            [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(p.log_sigma)]
+        )
+        prior_variance = np.mean(np.exp(2 * log_sigma) + (mu - mu.mean()) ** 2)
+        return mu.size * 0.5 * np.log(prior_variance) - np.sum(log_sigma)
+
+    step64 = jax.tree.map(lambda x: np.asarray(x, np.float64), step)
+    after = jax.tree.map(lambda p, d: np.asarray(p, np.float64) + d, posterior, step64)
+    vcg = kl64(after) - kl64(posterior)
+    printed = float(model.tree_dot(kl_grads, loss_grads))
+    first_order = -lr * (printed + kl_scale * float(model.tree_dot(kl_grads, kl_grads)))
+    assert vcg == pytest.approx(first_order, rel=0.02)
+    default = signals.gradient_variational_complexity_gain(
+        complexity_grads=kl_grads, loss_grads=loss_grads
+    )
+    assert float(default) == pytest.approx(-printed, rel=1e-6)
+
+    theta = initial(False)
+    grads = jax.grad(lambda p: direct_loss(p, batch))(theta)
+    theta64 = jax.tree.map(lambda x: np.asarray(x, np.float64), theta)
+    after = jax.tree.map(
+        lambda p, g: p - lr * (np.asarray(g, np.float64) + alpha * p), theta64, grads
+    )
+    l2g = sum(
+        np.sum(a**2) - np.sum(b**2)
+        for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(theta64), strict=True)
+    )
+    printed = float(model.tree_dot(theta, grads))
+    first_order = -2 * lr * (printed + alpha * float(model.squared_norm(theta)))
+    assert l2g == pytest.approx(first_order, rel=0.02)
+    assert float(signals.gradient_l2_gain(params=theta, loss_grads=grads)) == pytest.approx(
+        -printed, rel=1e-6
+    )
