@@ -14,6 +14,7 @@ Variants:
   ngram, repeat_copy, babi         paper scale (sizes recalled); babi needs data.dir
   ngram_cpu, repeat_copy_cpu       minutes on 2 CPU cores, real text / the paper's task, smaller
   smoke, repeat_copy_smoke         tiny, for tests
+  babi_smoke                       tiny, on bAbI task files in data.dir
 The signal: --config.curriculum.signal= one of deepgen.curriculum.signals.POLICIES
 (`uniform` is the baseline). The two variational signals need --config.model.variational=True,
 the two L2 signals --config.model.l2_weight > 0 (the paper trains them that way).
@@ -188,6 +189,12 @@ def repeat_copy_smoke() -> ConfigDict:
     return _smoke(config)
 
 
+def babi_smoke() -> ConfigDict:
+    config = _cpu(babi(), num_steps=20, hidden=16, lr=3e-3)
+    config.data.max_tokens = 64
+    return _smoke(config)
+
+
 VARIANTS = {
     "ngram": ngram,
     "repeat_copy": repeat_copy,
@@ -196,6 +203,7 @@ VARIANTS = {
     "repeat_copy_cpu": repeat_copy_cpu,
     "smoke": smoke,
     "repeat_copy_smoke": repeat_copy_smoke,
+    "babi_smoke": babi_smoke,
 }
 
 

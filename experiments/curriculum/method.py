@@ -419,6 +419,10 @@ def write_predictions(method: Curriculum, state, out_dir: str, *, step: int) -> 
         if family.likelihood == "categorical":
             predicted = logits[b].argmax(-1)
             lines.append(f"example {b}")
+            if family.kind == "babi":  # the story and question the answer is predicted from
+                inputs_TxI = np.asarray(batch.inputs_BxTxI[b])
+                words = inputs_TxI.argmax(-1)[inputs_TxI.sum(-1) > 0]
+                lines.append("  input    : " + decode(family, words))
             lines.append("  target   : " + decode(family, targets[b][scored[b]]))
             lines.append("  predicted: " + decode(family, predicted[scored[b]]))
         else:
