@@ -98,6 +98,9 @@ def _base(agent: str) -> ConfigDict:
 
     config.eval = ConfigDict()
     config.eval.num_episodes = 16
+    # Noisy agents: "sample" evaluates with fresh noise as in training (the paper), "mean" with the
+    # mean weights mu (every noise draw zero); the baselines have no noise either way.
+    config.eval.noise = "sample"
 
     config.opt.name = "adam"
     config.opt.lr = 1e-3

@@ -359,10 +359,14 @@ def make_a2c_trainer(
         )
         return state, metrics
 
+    mean_weights = noisy and str(config.get("eval", {}).get("noise", "sample")) == "mean"
+
     def evaluate(state: A2CState, rng: jax.Array, num_episodes: int) -> jax.Array:
         def act(obs_NxO: jax.Array, key: jax.Array) -> jax.Array:
             noise_key, act_key = jax.random.split(key)
             noise = draw_rollout_noise(noise_key, state.params, noise_type, noisy)
+            if mean_weights:  # every draw zero: the layers compute with mu alone
+                noise = jnp.zeros_like(noise)
             logits_NxA, _ = policy(state.params, obs_NxO, noise)
             return jax.random.categorical(act_key, logits_NxA)
 
@@ -387,6 +391,7 @@ class AtariA2CAgent(NamedTuple):
     init: Callable[[jax.Array, jax.Array], A2CLearner]
     policy: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
     act: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+    act_mean_weights: Callable[[Any, jax.Array, jax.Array], jax.Array]
     learn: Callable[[A2CLearner, Transitions, jax.Array], tuple[A2CLearner, dict]]
     entropy_coef: float
 
@@ -422,6 +427,12 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
         keys_E = jax.random.split(rng, obs_ExHxWxS.shape[0])
         return jax.vmap(one_env)(obs_ExHxWxS, keys_E).astype(jnp.int32)
 
+    def act_mean_weights(params: Any, obs_ExHxWxS: jax.Array, rng: jax.Array) -> jax.Array:
+        """Actions sampled from the policy of the mean weights mu (no noise)."""
+        logits_ExA, _ = network.apply(params, obs_ExHxWxS, use_noise=False)
+        keys_E = jax.random.split(rng, obs_ExHxWxS.shape[0])
+        return jax.vmap(jax.random.categorical)(keys_E, logits_ExA).astype(jnp.int32)
+
     def loss_fn(params: Any, batch: Transitions, return_TxE: jax.Array, noise_key: jax.Array):
         loss, aux, value_N = rollout_loss(
             policy,
@@ -450,4 +461,6 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
         aux = {**aux, "grad_norm": optax.tree.norm(grads), "return_mean": jnp.mean(return_TxE)}
         return A2CLearner(params, opt_state, learner.updates + 1), aux
 
-    return AtariA2CAgent(network, optimizer, init, policy, act, learn, entropy_coef)
+    return AtariA2CAgent(
+        network, optimizer, init, policy, act, act_mean_weights, learn, entropy_coef
+    )

@@ -30,6 +30,7 @@ from deepgen.noisynet.rollout import (
 )
 
 AGENTS = ("dqn", "dueling", "a2c")
+EVAL_NOISE = ("sample", "mean")
 
 
 class DQNTrainerState(NamedTuple):
@@ -211,13 +212,23 @@ def make_dqn_trainer(config: ConfigDict, env, env_params) -> Trainer:
 
     def evaluate(state: DQNTrainerState, rng: jax.Array, num_episodes: int) -> jax.Array:
         epsilon = jnp.asarray(float(config.agent.epsilon_eval), jnp.float32)
+        mean_weights = noisy and eval_noise(config) == "mean"
 
         def policy(obs_NxO, key):
-            return agent.act(state.learner.params, obs_NxO, key, epsilon)
+            params = state.learner.params
+            noise = None
+            if mean_weights:  # every draw zero: the layers compute with mu alone
+                noise = jnp.zeros_like(agent.draw_act_noise(key, params, 1, per_row=False))
+            return agent.act(params, obs_NxO, key, epsilon, noise)
 
         return evaluate_policy(env, env_params, policy, rng, num_episodes)
 
     return Trainer(init, train_chunk, evaluate)
+
+
+def eval_noise(config: ConfigDict) -> str:
+    """config.eval.noise: "sample" (fresh noise, the paper's evaluation) or "mean" (mu alone)."""
+    return str(config.get("eval", {}).get("noise", "sample"))
 
 
 def make_trainer(config: ConfigDict, env, env_params) -> Trainer:

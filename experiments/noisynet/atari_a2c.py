@@ -38,6 +38,7 @@ from deepgen.core.optim import learning_rate_schedule
 from deepgen.core.validate import Checker
 from deepgen.noisynet.a2c import A2CLearner, Transitions, make_atari_a2c, num_updates
 from deepgen.noisynet.atari import AtariVecEnv, clip_reward, step_envs
+from deepgen.noisynet.trainer import eval_noise
 from experiments.noisynet.atari_host import (
     AtariHostMethod,
     HostRun,
@@ -118,10 +119,16 @@ class AtariA2C(AtariHostMethod):
 
     def eval_actions(self, params: Any, obs_ExHxWxS: np.ndarray, key: jax.Array) -> np.ndarray:
         noise_key, act_key = jax.random.split(key)
+        if self.noisy and eval_noise(self.config) == "mean":
+            if not hasattr(self, "_act_mean_weights"):
+                self._act_mean_weights = jax.jit(self.agent.act_mean_weights)
+            return np.asarray(self._act_mean_weights(params, obs_ExHxWxS, act_key))
         return np.asarray(self.act(params, obs_ExHxWxS, noise_key, act_key))
 
     def eval_policy(self) -> str:
         policy = "actions sampled from the policy"
+        if self.noisy and eval_noise(self.config) == "mean":
+            return f"{policy} of the mean weights (eval.noise=mean)"
         return f"{policy}, a fresh noise sample per step" if self.noisy else policy
 
     def eval_extra(self, state: A2CLearner) -> dict:

@@ -29,6 +29,7 @@ from deepgen.core.validate import Checker
 from deepgen.noisynet.atari import FrameReplay, clip_reward
 from deepgen.noisynet.dqn import LearnerState, make_dqn_agent, num_learn_steps
 from deepgen.noisynet.replay import Transition
+from deepgen.noisynet.trainer import eval_noise
 from experiments.noisynet.atari_host import (
     AtariHostMethod,
     HostRun,
@@ -106,9 +107,16 @@ class AtariDQN(AtariHostMethod):
 
     def eval_actions(self, params: Any, obs_ExHxWxS: np.ndarray, key: jax.Array) -> np.ndarray:
         epsilon = np.float32(self.config.agent.get("epsilon_eval", 0.0))
+        if self.noisy and eval_noise(self.config) == "mean":  # zero draws: mu alone
+            if not hasattr(self, "_zero_noise"):
+                shape = self.agent.draw_act_noise(key, params, 1, per_row=False).shape
+                self._zero_noise = np.zeros(shape, np.float32)
+            return np.asarray(self.act(params, obs_ExHxWxS, key, epsilon, self._zero_noise))
         return np.asarray(self.act(params, obs_ExHxWxS, key, epsilon))
 
     def eval_policy(self) -> str:
+        if self.noisy and eval_noise(self.config) == "mean":
+            return "greedy on the Q of the mean weights (eval.noise=mean)"
         if self.noisy:
             return "greedy on the noisy Q, fresh noise per action"
         return f"epsilon-greedy on Q, epsilon={float(self.config.agent.get('epsilon_eval', 0.0))}"

@@ -46,6 +46,7 @@ from deepgen.core.train_loop import Unit
 from deepgen.core.validate import Checker
 from deepgen.noisynet import atari_scores
 from deepgen.noisynet.atari import AtariVecEnv, env_options, eval_episodes, rom_id, validate_atari
+from deepgen.noisynet.trainer import eval_noise
 from experiments.contract import Method
 from experiments.noisynet.checks import check_noise_and_discount
 from experiments.noisynet.curves import learning_curve, save_learning_curves
@@ -367,6 +368,7 @@ class AtariHostMethod(Method):
                 f"{self.options['max_episode_frames']} frames, raw (unclipped) returns"
             ),
             "eval_policy": self.eval_policy(),
+            "eval_noise": eval_noise(self.config) if self.noisy else "none (no noisy layers)",
             "eval_seconds": seconds,
             "human_normalized_score": None,
             "human_normalized_score_stderr": None,

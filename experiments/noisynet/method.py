@@ -28,7 +28,7 @@ from deepgen.core.errors import DataError
 from deepgen.core.train_loop import Unit
 from deepgen.core.validate import Checker
 from deepgen.noisynet.networks import TORSOS
-from deepgen.noisynet.trainer import AGENTS, make_trainer, update_schedule
+from deepgen.noisynet.trainer import AGENTS, EVAL_NOISE, eval_noise, make_trainer, update_schedule
 from experiments.contract import Method
 from experiments.noisynet.checks import check_dqn_learner, check_noise_and_discount
 from experiments.noisynet.curves import learning_curve, save_learning_curves
@@ -52,6 +52,7 @@ def validate_agent(config: ConfigDict) -> None:
     check = Checker(config)
     train = config.train
     check.one_of("agent.name", AGENTS)
+    check.one_of("eval.noise", EVAL_NOISE)
     check_noise_and_discount(check)
     check_dqn_learner(check)
     check.positive(
@@ -235,6 +236,7 @@ class NoisyNet(Method):
             "exploration": "noise on"
             if config.agent.noisy
             else f"epsilon {config.agent.epsilon_eval}",
+            "eval_noise": eval_noise(config) if config.agent.noisy else "none (no noisy layers)",
             "env_steps_trained": step,
             "baseline": {"name": "uniformly random actions", "mean_return": random_policy},
         }

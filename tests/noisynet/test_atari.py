@@ -358,6 +358,14 @@ def test_eval_reports_the_env_steps_of_the_checkpoint_not_of_the_config(trained,
     assert _run(_tiny_config(2), trained.straight, mode="eval", step=48) == 0
     report = json.loads((trained.straight / "eval.json").read_text())
     assert report["env_steps_trained"] == 48 and report["learn_steps_trained"] == (48 - 24) // 4
+    assert report["eval_noise"] == "sample"
+
+    # eval.noise=mean: greedy on the Q of the mean weights, said so in eval.json
+    config = _tiny_config(2)
+    config.eval.noise = "mean"
+    assert _run(config, trained.straight, mode="eval", step=48) == 0
+    report = json.loads((trained.straight / "eval.json").read_text())
+    assert report["eval_noise"] == "mean" and "mean weights" in report["eval_policy"]
 
 
 @needs_ale

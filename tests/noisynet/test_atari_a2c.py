@@ -152,6 +152,10 @@ def test_eval_through_the_command_line(trained, capsys):
     assert report["protocol_matches_reference"] is False  # 120-frame episodes
     assert "noise" in report["eval_policy"]
     assert report["baseline"]["num_episodes"] == 2
+    assert report["eval_noise"] == "sample"
+    assert _main(trained.straight, *overrides, "--config.eval.noise=mean", mode="eval") == 0
+    report = json.loads((trained.straight / "eval.json").read_text())
+    assert report["eval_noise"] == "mean" and "mean weights" in report["eval_policy"]
 
 
 @needs_ale

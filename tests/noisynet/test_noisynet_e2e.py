@@ -103,3 +103,37 @@ def test_every_variant_builds_and_validates():
     assert fast.agent.env_steps_per_update == fast.env.num_envs == 16
     assert fast.agent.batch_size == 128 and fast.agent.noisy
     assert not noisynet_configs.get_config("dqn_cartpole_fast_baseline").agent.noisy
+
+
+@pytest.mark.parametrize("variant", ["smoke_dqn", "smoke_a2c"])
+def test_eval_noise_mean_is_the_network_of_its_mean_weights(variant):
+    """eval.noise=mean returns exactly what fresh-noise evaluation returns once every sigma is 0."""
+    import jax
+
+    from deepgen.noisynet.trainer import make_trainer
+
+    config = noisynet_configs.get_config(variant)
+    config.agent.noisy = True
+    NoisyNet.validate(config)
+    method = NoisyNet(config, mode="eval")
+    state = jax.jit(method.trainer.init)(jax.random.key(0))
+
+    def zero_sigmas(tree):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: x * 0 if "sigma" in jax.tree_util.keystr(path) else x, tree
+        )
+
+    if variant == "smoke_dqn":
+        no_sigma = state._replace(learner=zero_sigmas(state.learner))
+    else:
+        no_sigma = state._replace(params=zero_sigmas(state.params))
+    mean_config = noisynet_configs.get_config(variant)
+    mean_config.agent.noisy = True
+    mean_config.eval.noise = "mean"
+    mean_trainer = make_trainer(mean_config, method.env, method.env_params)
+    key = jax.random.key(3)
+    by_mean = jax.jit(lambda s: mean_trainer.evaluate(s, key, 3))(state)
+    by_zero_sigma = jax.jit(lambda s: method.trainer.evaluate(s, key, 3))(no_sigma)
+    by_noise = jax.jit(lambda s: method.trainer.evaluate(s, key, 3))(state)
+    np.testing.assert_array_equal(np.asarray(by_mean), np.asarray(by_zero_sigma))
+    assert by_noise.shape == by_mean.shape
