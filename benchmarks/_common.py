@@ -2,6 +2,7 @@
 
 import ast
 import datetime
+import json
 import os
 import platform
 import resource
@@ -179,3 +180,13 @@ def report_header(script: str, argv: Sequence[str] | None, *, quick: bool) -> di
         "quick": quick,
         "load_average_start": load_average(),
     }
+
+
+def write_report(out: Path, report: dict, markdown: str) -> dict:
+    """Print the markdown block, write the report as JSON to out (folders made); returns it."""
+    print()
+    print(markdown)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return report

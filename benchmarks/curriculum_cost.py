@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import statistics
@@ -659,12 +658,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report["peak_memory"] = peak_memory()
     report["wall_s"] = time.perf_counter() - started
 
-    print()
-    print(markdown(report))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
-    return report
+    return _common.write_report(out, report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 import statistics
@@ -586,12 +585,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report["load_average_end"] = load_average()
     report["peak_memory"] = peak_memory()
 
-    print()
-    print(markdown(report))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
-    return report
+    return _common.write_report(out, report, markdown(report))
 
 
 if __name__ == "__main__":

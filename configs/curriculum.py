@@ -123,7 +123,10 @@ def _cpu(config: ConfigDict, *, num_steps: int, hidden: int, lr: float) -> Confi
     config.curriculum.eta = 1e-2  # the bandit must move within a few thousand steps
     config.curriculum.reservoir_size = 1000
     config.train.num_steps = num_steps
+    config.train.batch_size = 16
     config.train.log_every = 50
+    config.curriculum.fresh_batch_size = 16
+    config.curriculum.eval_batch_size = 16
     config.ckpt.every = 500
     config.eval.num_batches = 4
     return config
@@ -133,10 +136,7 @@ def ngram_cpu() -> ConfigDict:
     config = _cpu(_ngram_data(_base("ngram")), num_steps=2000, hidden=128, lr=3e-3)
     config.data.chars_per_task = 150_000
     config.data.test_chars_per_task = 30_000
-    config.train.batch_size = 16
-    config.curriculum.fresh_batch_size = 16
     config.curriculum.eval_every = 50
-    config.curriculum.eval_batch_size = 16
     config.curriculum.target_loss = 1.8
     return config
 
@@ -144,12 +144,9 @@ def ngram_cpu() -> ConfigDict:
 def repeat_copy_cpu() -> ConfigDict:
     config = _repeat_copy_data(_base("repeat_copy"), max_length=5, max_repeats=5)
     config = _cpu(config, num_steps=15_000, hidden=128, lr=3e-3)
-    config.train.batch_size = 16
     config.train.log_every = 250
     config.ckpt.every = 5000
-    config.curriculum.fresh_batch_size = 16
     config.curriculum.eval_every = 100
-    config.curriculum.eval_batch_size = 16
     config.curriculum.target_loss = 0.1
     return config
 
