@@ -284,7 +284,7 @@ def eval_program(method: Curriculum, calls: int, batch_size: int) -> Pending:
 
     def run(params: Any) -> jax.Array:
         return learner_lib.heldout_losses(
-            learner, family, params, batch_size=batch_size, seed=jax.random.key(seed)
+            learner, family, params, batch_size=batch_size, key=jax.random.key(seed)
         )[0]
 
     params = method.init_params(jax.random.key(SEED))

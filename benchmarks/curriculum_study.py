@@ -111,10 +111,11 @@ def summarise(
             steps.append(hit if hit is not None else num_steps)
             target_losses.append(report["target_task_loss"])
             mean_losses.append(report["mean_target_loss"])
+        steps_mean, steps_stderr = mean_and_stderr(steps)
         rows[signal] = {
             "steps_to_target": steps,
-            "steps_to_target_mean": mean_and_stderr(steps)[0],
-            "steps_to_target_stderr": mean_and_stderr(steps)[1],
+            "steps_to_target_mean": steps_mean,
+            "steps_to_target_stderr": steps_stderr,
             "runs_reaching_target": reached,
             "target_task_loss_mean": mean_and_stderr(target_losses)[0],
             "target_task_loss_stderr": mean_and_stderr(target_losses)[1],

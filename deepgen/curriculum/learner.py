@@ -126,11 +126,10 @@ def heldout_losses(
     params: Any,
     *,
     batch_size: int,
-    seed: jax.Array | int,
+    key: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per task: held-out nats per scored step, scored steps, and correct argmax predictions."""
     weights = learner.point_weights(params)
-    key = jax.random.key(seed) if isinstance(seed, int) else seed
 
     def one(task):
         batch = family.sample(jax.random.fold_in(key, task), task, batch_size, split="test")
@@ -288,7 +287,7 @@ def train_step(
             family,
             new_params,
             batch_size=settings.eval_batch_size,
-            seed=jax.random.key(settings.eval_seed),
+            key=jax.random.key(settings.eval_seed),
         )[0]
 
     eval_loss_N = jax.lax.cond(evaluate_now, run_eval, lambda _: state.eval_loss_N, None)

@@ -263,7 +263,7 @@ class Curriculum(Method):
                 self.with_data(data),
                 params,
                 batch_size=int(self.config.eval.batch_size),
-                seed=jax.random.key(seed),
+                key=jax.random.key(seed),
             )
 
         return jax.jit(run)
