@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import flax.linen as nn
@@ -48,12 +49,14 @@ def receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
 
 
 def unfolded_length(source_length: int, *, a: float = 1.2, b: int = 0) -> int:
-    """|t^| = ceil(a |s|) + b (Eq. 2), with a |s| rounded to 6 decimals first (1.2 * 50 = 60)."""
-    return math.ceil(round(a * source_length, 6)) + b
+    """|t^| = ceil(a |s| + b) (Eq. 2) with a and b at their decimal values (1.2 * 5 is 6, not 7)."""
+    if source_length < 0:
+        raise ValueError(f"source_length must be >= 0, got {source_length}")
+    return max(0, math.ceil(Fraction(str(a)) * int(source_length) + Fraction(str(b))))
 
 
 def unfolded_lengths(source_lengths_B: jax.Array, *, a: float, b: int) -> jax.Array:
-    """unfolded_length for a batch of source lengths (int32)."""
+    """unfolded_length for a batch of lengths (int32; a |s| rounded to 4 decimals, not exact)."""
     scaled = jnp.round(a * source_lengths_B.astype(jnp.float32), 4)
     return (jnp.ceil(scaled) + b).astype(jnp.int32)
 

@@ -23,8 +23,8 @@ without data.dir is a one-line DataError that says what to put in it.
 
 Tokens are bytes shared by source and target: ``PAD = 0``, ``BOS = 1`` (the go symbol fed to
 the decoder before the first target byte), ``EOS = 2`` and byte b -> b + 3 (``VOCAB_SIZE =
-259``). The paper pads each sentence to the next multiple of 50 (:func:`padded_length`) and
-unfolds the decoder for at most ``a |s| + b`` steps (Eq. 2, :func:`unfolded_length`).
+259``). The paper pads each sentence to the next multiple of 50 (:func:`padded_length`); the decoder's
+unfolding bound ``a |s| + b`` (Eq. 2) is ``deepgen.bytenet.model.unfolded_length``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import math
 import os
 import re
 from collections.abc import Sequence
-from fractions import Fraction
 
 import numpy as np
 
@@ -52,8 +50,6 @@ BYTE_OFFSET = 3  # byte b is token b + BYTE_OFFSET
 VOCAB_SIZE = 256 + BYTE_OFFSET  # 259
 
 PAPER_LENGTH_MULTIPLE = 50  # sentences are padded to the next multiple of 50 bytes
-PAPER_UNFOLD_A = 1.2  # |t^| = a |s| + b (Eq. 2) with a = 1.20, b = 0 for English-German
-PAPER_UNFOLD_B = 0
 
 TFDS_NAME = "wmt14_translate/de-en"
 EXAMPLE_DIR = "../shared/data/bible_es_en"
@@ -407,20 +403,6 @@ def padded_length(n: int, multiple: int = PAPER_LENGTH_MULTIPLE) -> int:
     if n < 0 or multiple < 1:
         raise ValueError(f"need n >= 0 and multiple >= 1, got n={n}, multiple={multiple}")
     return -(-n // multiple) * multiple
-
-
-def unfolded_length(
-    source_length: int, *, a: float = PAPER_UNFOLD_A, b: int = PAPER_UNFOLD_B
-) -> int:
-    """The dynamic-unfolding bound ceil(a |s| + b) of the paper's Eq. 2, in target tokens.
-
-    a and b are taken at their decimal values (1.2 means 6/5), so 1.2 * 5 is exactly 6, not
-    the 7 that rounding up the float product 6.000000000000001 would give.
-    """
-    if source_length < 0:
-        raise ValueError(f"source_length must be >= 0, got {source_length}")
-    bound = Fraction(str(a)) * int(source_length) + Fraction(str(b))
-    return max(0, math.ceil(bound))
 
 
 def filter_by_length(split: ParallelSplit, max_bytes: int) -> ParallelSplit:

@@ -204,7 +204,17 @@ def test_multiplicative_unit_formula():
 
 @pytest.mark.parametrize(
     ("source_length", "a", "b", "expected"),
-    [(50, 1.2, 0, 60), (5, 1.2, 0, 6), (7, 1.2, 0, 9), (100, 1.2, 0, 120), (10, 1.5, 3, 18)],
+    [
+        (50, 1.2, 0, 60),
+        (5, 1.2, 0, 6),  # exactly 6: the float product 6.000000000000001 would round up to 7
+        (7, 1.2, 0, 9),  # ceil(8.4)
+        (1, 1.2, 0, 2),
+        (0, 1.2, 0, 0),
+        (100, 1.2, 0, 120),
+        (10, 1.1, 0, 11),
+        (10, 1.5, 3, 18),
+        (3, 1.5, 1, 6),  # ceil(5.5)
+    ],
 )
 def test_dynamic_unfolding_bound(source_length, a, b, expected):
     assert bytenet.unfolded_length(source_length, a=a, b=b) == expected

@@ -94,25 +94,6 @@ def test_padded_length_defaults_to_the_papers_50() -> None:
         pt.padded_length(-1)
 
 
-@pytest.mark.parametrize(
-    ("source_length", "kwargs", "expected"),
-    [
-        (5, {}, 6),  # exactly 1.2 * 5 = 6 (the float product 6.000000000000001 would give 7)
-        (10, {}, 12),
-        (7, {}, 9),  # ceil(8.4)
-        (1, {}, 2),  # ceil(1.2)
-        (0, {}, 0),
-        (10, {"a": 1.1}, 11),
-        (10, {"a": 1.0, "b": 3}, 13),
-        (3, {"a": 1.5, "b": 1}, 6),  # ceil(5.5)
-    ],
-)
-def test_unfolded_length_is_ceil_a_s_plus_b(
-    source_length: int, kwargs: dict, expected: int
-) -> None:
-    assert pt.unfolded_length(source_length, **kwargs) == expected
-
-
 # ----------------------------------------------------------------------------------------------
 # The held-out split
 # ----------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ SMOKE_VARIANTS = [
     ("snap", "smoke", True),
     ("snap", "charlm_smoke", True),
     ("curriculum", "smoke", True),
+    ("bytenet", "smoke", True),
+    ("bytenet", "translation_smoke", True),
     ("noisynet", "smoke_dqn", True),
     ("noisynet", "smoke_a2c", True),
     ("noisynet", "smoke_atari", False),
