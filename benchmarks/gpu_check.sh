@@ -41,3 +41,22 @@ for MODE in train eval sample; do
   timeout 60 python3 -m experiments.main --config=configs/curriculum.py:smoke --workdir=/tmp/gpu_cur \
     --mode=$MODE 2>&1 | tail -1 | sed "s/^/curriculum $MODE: /" | tee -a "$LOG"
 done
+# ByteNet: cached decoding's time per character from position 100 to 10,000 and cached against
+# naive at length 1,000 (the paper's 30 MU blocks of d = 512, batch 1), and training throughput
+# against a causal transformer of the same parameter count (16 windows of 500 bytes); then the
+# smoke variant through the runner (its bytes: the Wikipedia excerpt inside the gensim wheel,
+# unpacked from .whl/ where the device has no gensim; only its data file is read).
+if ! python3 -c "import importlib.util as u; assert u.find_spec('gensim')" >/dev/null 2>&1 \
+  && ls .whl/gensim*.whl >/dev/null 2>&1; then
+  python3 -m zipfile -e "$(ls .whl/gensim*.whl | head -1)" /tmp/site \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+timeout 150 python3 benchmarks/bytenet_decoding.py --config enwik8 \
+  --out=${OUT:-/tmp}/bytenet_decoding.json 2>&1 | grep -E "^[|]|^target|^device|Error|error" | tee -a "$LOG"
+timeout 150 python3 benchmarks/bytenet_throughput.py --config enwik8 --batch_size 16 --steps 10 \
+  --repeats 3 --out=${OUT:-/tmp}/bytenet_throughput.json 2>&1 \
+  | grep -E "^[|]|^ratio|^parameters|^device|Error|error" | tee -a "$LOG"
+for MODE in train eval sample; do
+  timeout 90 python3 -m experiments.main --config=configs/bytenet.py:smoke --workdir=/tmp/gpu_bytenet \
+    --mode=$MODE 2>&1 | tail -1 | sed "s/^/bytenet $MODE: /" | tee -a "$LOG"
+done
