@@ -153,6 +153,18 @@ def parse_sizes(text: str | None) -> list[int] | None:
     return [int(float(part.replace("_", ""))) for part in text.split(",") if part.strip()]
 
 
+def compile_quickly(quick: bool, level: int = 1) -> None:
+    """For --quick: XLA backend optimisation `level` (compile time dominates tiny runs).
+
+    As tests/conftest.py sets it; it takes effect only before JAX starts its backend (so when
+    run as a script), and an XLA_FLAGS that already sets the level wins. Timings of such a run
+    are not ones to report.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if quick and "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level={level}".strip()
+
+
 def output_path(out: str | None, *, quick: bool, default: Path, quick_name: str) -> Path:
     """--out if given; a --quick run writes under the temp folder, never over the real result."""
     if out:

@@ -62,7 +62,6 @@ average, command line) and writes everything, every chunk's time included, to --
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -93,7 +92,6 @@ WINDOW = 5  # chunks in each median of the linearity ratio
 LINEAR_BOUND, SPEEDUP_BOUND = 1.2, 20.0
 PROMPT_BYTE = ord("<")  # one byte of prompt (enwik8 opens with XML)
 SEED = 0
-QUICK_XLA_FLAG = "--xla_backend_optimization_level=1"
 
 
 # ---- the model and the decoders ----------------------------------------------------------------
@@ -414,9 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Time both parts, print the markdown block, write the JSON; returns the report."""
     started = time.perf_counter()
     args = parse_args(argv)
-    if args.quick and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-        # As tests/conftest.py sets it; it takes effect only before JAX starts its backend.
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA_FLAG}".strip()
+    _common.compile_quickly(args.quick)
     out = _common.output_path(
         args.out, quick=args.quick, default=DEFAULT_OUT, quick_name="bytenet_decoding_quick.json"
     )

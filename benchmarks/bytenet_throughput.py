@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
@@ -97,7 +96,6 @@ WIDTH_STEPS = (64, 32, 16, 8)  # width granularities tried in turn
 MAX_LAYERS, MAX_WIDTH = 64, 8192
 INIT_STD = 0.02  # nanoGPT
 SEED = 0
-QUICK_XLA_FLAG = "--xla_backend_optimization_level=1"
 
 
 # ---- the transformer language model -------------------------------------------------------------
@@ -466,9 +464,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Compile both steps, time them in turns, print the markdown block, write the JSON."""
     started = time.perf_counter()
     args = parse_args(argv)
-    if args.quick and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-        # As tests/conftest.py sets it; it takes effect only before JAX starts its backend.
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA_FLAG}".strip()
+    _common.compile_quickly(args.quick)
     out = _common.output_path(
         args.out, quick=args.quick, default=DEFAULT_OUT, quick_name="bytenet_throughput_quick.json"
     )

@@ -96,7 +96,6 @@ STEPS, REPEATS, QUICK_STEPS, QUICK_REPEATS = 200, 5, 10, 2
 BANDIT_SIZES = (1000, 10_000)
 L2_WEIGHT = 1e-4
 SEED = 0
-QUICK_XLA_FLAG = "--xla_backend_optimization_level=0"
 BANDIT_HOST_BOUND = 0.01
 
 # The signals of each training regime; uniform is every regime's baseline.
@@ -624,9 +623,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Compile, time in interleaved rounds, print the markdown block, write the JSON."""
     started = time.perf_counter()
     args = parse_args(argv)
-    if args.quick and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-        # Compile time dominates --quick; the flag takes effect only before JAX starts its backend.
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA_FLAG}".strip()
+    _common.compile_quickly(args.quick, level=0)
     out = _common.output_path(
         args.out, quick=args.quick, default=DEFAULT_OUT, quick_name="curriculum_cost_quick.json"
     )

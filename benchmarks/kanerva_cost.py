@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import statistics
 import sys
 import time
@@ -111,7 +110,6 @@ COUNT_EXPONENT = {
 NEEDS_POSTERIOR = ("read", "kl", "sample_memory")
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "kanerva_cost.json"
 SEED = 0
-QUICK_XLA_FLAG = "--xla_backend_optimization_level=1"
 
 
 # ---- 1. the memory operations -----------------------------------------------------------------
@@ -560,10 +558,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the parts asked for, print the markdown block, write the JSON; returns the report."""
     args = parse_args(argv)
-    if args.quick and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-        # As tests/conftest.py sets it: XLA compiles the smoke models about 3x faster at level 1.
-        # It takes effect only before JAX starts its backend (so when run as a script).
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA_FLAG}".strip()
+    _common.compile_quickly(args.quick)
     parts = {p.strip() for p in args.parts.split(",")}
     out = _common.output_path(
         args.out, quick=args.quick, default=DEFAULT_OUT, quick_name="kanerva_cost_quick.json"

@@ -25,14 +25,11 @@ bytes a model has to beat, and :func:`unigram_cross_entropy_bits`, a train-fitte
 from __future__ import annotations
 
 import bz2
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import math
 import os
-import urllib.error
-import urllib.request
 import zipfile
 
 import numpy as np
@@ -74,7 +71,6 @@ _EMBEDDED_MISSING_MESSAGE = (
     "(or `make install`), or set data.dir to a folder with enwik8 (or enwik8.zip)"
 )
 
-_DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK_BYTES = 1 << 20
 
 
@@ -199,26 +195,16 @@ def _find_enwik8_file(data_dir: str) -> str | None:
     return None
 
 
-def _zip_member(archive: zipfile.ZipFile, path: str) -> str:
-    """The enwik8 member of a zip: the one named enwik8, else its only file."""
-    names = [info.filename for info in archive.infolist() if not info.is_dir()]
-    if ENWIK8_FILE_NAME in names:
-        return ENWIK8_FILE_NAME
-    if len(names) == 1:
-        return names[0]
-    raise DataError(
-        f"zip file {path} has no member named {ENWIK8_FILE_NAME} (members: "
-        f"{', '.join(names[:5]) or 'none'}); use the {ENWIK8_ZIP_NAME} from {ENWIK8_URL}"
-    )
-
-
 def _read_enwik8_bytes(path: str) -> np.ndarray:
     """The bytes of an enwik8 file, or of the enwik8 member of a zip (uint8)."""
     try:
         if not path.endswith(".zip"):
             return np.fromfile(path, dtype=np.uint8)
         with zipfile.ZipFile(path) as archive:
-            return np.frombuffer(archive.read(_zip_member(archive, path)), dtype=np.uint8)
+            return np.frombuffer(
+                archive.read(sources.zip_member(archive, path, ENWIK8_FILE_NAME, ENWIK8_URL)),
+                dtype=np.uint8,
+            )
     except FileNotFoundError as err:
         raise DataError(f"enwik8 file {path} does not exist; check data.dir") from err
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
@@ -320,14 +306,7 @@ def download_enwik8(data_dir: str) -> str:
     extracted file and the zip are removed and a one-line DataError says what to do by hand;
     so is an unreachable server (60 s socket timeout).
     """
-    data_dir = os.fspath(data_dir)
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"data.dir={data_dir} cannot be created ({type(err).__name__}: {err}); "
-            "choose a writable folder"
-        ) from err
+    data_dir = sources.writable_dir(data_dir)
     path = os.path.join(data_dir, ENWIK8_FILE_NAME)
     if _is_verified_enwik8(path):
         return path
@@ -336,22 +315,22 @@ def download_enwik8(data_dir: str) -> str:
     manual_hint = (
         f"download {ENWIK8_URL} by hand, unzip enwik8 into {data_dir} and use source='file'"
     )
-    _fetch(ENWIK8_URL, zip_path, manual_hint)
+    sources.download(ENWIK8_URL, zip_path, manual_hint)
 
     partial_path = path + ".part"
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            member = _zip_member(archive, zip_path)
+            member = sources.zip_member(archive, zip_path, ENWIK8_FILE_NAME, ENWIK8_URL)
             with archive.open(member) as member_file, open(partial_path, "wb") as out_file:
                 for chunk in iter(lambda: member_file.read(_CHUNK_BYTES), b""):
                     out_file.write(chunk)
     except DataError:
-        _remove_quietly(partial_path)
-        _remove_quietly(zip_path)
+        sources.remove_quietly(partial_path)
+        sources.remove_quietly(zip_path)
         raise
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
-        _remove_quietly(partial_path)
-        _remove_quietly(zip_path)
+        sources.remove_quietly(partial_path)
+        sources.remove_quietly(zip_path)
         raise DataError(
             f"downloaded {zip_path} could not be extracted ({type(err).__name__}: "
             f"{sources.first_line(err)}); {manual_hint}"
@@ -359,8 +338,8 @@ def download_enwik8(data_dir: str) -> str:
 
     size, sha256, sha1 = _content_digests(partial_path)
     if (size, sha256, sha1) != (ENWIK8_NUM_BYTES, ENWIK8_SHA256, ENWIK8_SHA1):
-        _remove_quietly(partial_path)
-        _remove_quietly(zip_path)
+        sources.remove_quietly(partial_path)
+        sources.remove_quietly(zip_path)
         raise DataError(
             f"enwik8 extracted from {ENWIK8_URL} has {size:,} bytes, sha256 {sha256} and SHA-1 "
             f"{sha1}, expected {ENWIK8_NUM_BYTES:,} bytes, sha256 {ENWIK8_SHA256} and SHA-1 "
@@ -368,30 +347,6 @@ def download_enwik8(data_dir: str) -> str:
         )
     os.replace(partial_path, path)
     return path
-
-
-def _fetch(url: str, path: str, manual_hint: str) -> None:
-    """Downloads url to path through path + '.part' (renamed when complete)."""
-    partial_path = path + ".part"
-    try:
-        with (
-            urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
-            open(partial_path, "wb") as out_file,
-        ):
-            for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
-                out_file.write(chunk)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        _remove_quietly(partial_path)
-        reason = getattr(err, "reason", err)
-        raise DataError(
-            f"could not download {url} ({type(err).__name__}: {reason}); {manual_hint}"
-        ) from err
-    os.replace(partial_path, path)
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(path)
 
 
 # ----------------------------------------------------------------------------------------------

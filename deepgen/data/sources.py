@@ -29,9 +29,13 @@ to prepare the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+import urllib.error
+import urllib.request
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -71,6 +75,73 @@ def file_digest(path: str, algorithm: str) -> str:
     """The hex digest ('md5', 'sha256', ...) of a file, read in chunks: for checksummed files."""
     with open(path, "rb") as data_file:
         return hashlib.file_digest(data_file, algorithm).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Downloads and zip members (text8, enwik8: files from mattmahoney.net)
+# ----------------------------------------------------------------------------------------------
+
+DOWNLOAD_TIMEOUT_S = 60.0
+_DOWNLOAD_CHUNK_BYTES = 1 << 20
+
+
+def writable_dir(data_dir: str | os.PathLike) -> str:
+    """data_dir, created if needed; a one-line DataError when it cannot be."""
+    data_dir = os.fspath(data_dir)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as err:
+        raise DataError(
+            f"data.dir={data_dir} cannot be created ({type(err).__name__}: {err}); "
+            "choose a writable folder"
+        ) from err
+    return data_dir
+
+
+def remove_quietly(path: str) -> None:
+    """Removes path if it exists; errors are ignored (clean-up after a failure)."""
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def download(url: str, path: str, manual_hint: str) -> tuple[int, str]:
+    """Streams url to path + '.part', renamed to path when complete: (bytes, sha256 hex).
+
+    An unreachable server (DOWNLOAD_TIMEOUT_S socket timeout) or a failed write leaves nothing
+    behind and raises a one-line DataError ending with manual_hint (what to do by hand).
+    """
+    partial_path = path + ".part"
+    digest, num_bytes = hashlib.sha256(), 0
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+            open(partial_path, "wb") as out_file,
+        ):
+            for chunk in iter(lambda: response.read(_DOWNLOAD_CHUNK_BYTES), b""):
+                digest.update(chunk)
+                out_file.write(chunk)
+                num_bytes += len(chunk)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        remove_quietly(partial_path)
+        reason = getattr(err, "reason", err)
+        raise DataError(
+            f"could not download {url} ({type(err).__name__}: {reason}); {manual_hint}"
+        ) from err
+    os.replace(partial_path, path)
+    return num_bytes, digest.hexdigest()
+
+
+def zip_member(archive: zipfile.ZipFile, path: str, name: str, url: str) -> str:
+    """The member of archive named name, else its only file; else a one-line DataError."""
+    names = [info.filename for info in archive.infolist() if not info.is_dir()]
+    if name in names:
+        return name
+    if len(names) == 1:
+        return names[0]
+    raise DataError(
+        f"zip file {path} has no member named {name} (members: "
+        f"{', '.join(names[:5]) or 'none'}); use the {os.path.basename(url)} from {url}"
+    )
 
 
 def require_existing_dir(data_dir: str, holds: str, fallback: str = "") -> None:

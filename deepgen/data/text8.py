@@ -19,15 +19,12 @@ bits per character to sanity-check reported numbers.
 from __future__ import annotations
 
 import bz2
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import math
 import os
 import re
-import urllib.error
-import urllib.request
 import zipfile
 
 import numpy as np
@@ -67,8 +64,6 @@ _EMBEDDED_MISSING_MESSAGE = (
     "(or `make install`), or set data.dir to a folder with text8 (or text8.zip)"
 )
 
-_DOWNLOAD_TIMEOUT_S = 60.0
-_DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 _INVALID_TOKEN = 255
 # byte value -> token index, 255 for bytes outside ALPHABET.
@@ -355,16 +350,7 @@ def _read_text8_bytes(path: str) -> bytes:
             with open(path, "rb") as text_file:
                 return text_file.read()
         with zipfile.ZipFile(path) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir()]
-            member = TEXT8_FILE_NAME if TEXT8_FILE_NAME in names else None
-            if member is None and len(names) == 1:
-                member = names[0]
-            if member is None:
-                raise DataError(
-                    f"zip file {path} has no member named {TEXT8_FILE_NAME} (members: "
-                    f"{', '.join(names[:5]) or 'none'}); use the {TEXT8_ZIP_NAME} from {TEXT8_URL}"
-                )
-            return archive.read(member)
+            return archive.read(sources.zip_member(archive, path, TEXT8_FILE_NAME, TEXT8_URL))
     except FileNotFoundError as err:
         raise DataError(f"text8 file {path} does not exist; check data.dir") from err
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
@@ -452,50 +438,19 @@ def download_text8(data_dir: str) -> str:
     one-line DataError when the server cannot be reached (60 s socket timeout) or the bytes do
     not match, with what to do by hand.
     """
-    data_dir = os.fspath(data_dir)
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-    except OSError as err:
-        raise DataError(
-            f"data.dir={data_dir} cannot be created ({type(err).__name__}: {err}); "
-            "choose a writable folder"
-        ) from err
+    data_dir = sources.writable_dir(data_dir)
     path = os.path.join(data_dir, TEXT8_ZIP_NAME)
     if os.path.isfile(path) and sources.file_digest(path, "sha256") == TEXT8_SHA256:
         return path
-
-    partial_path = path + ".part"
     manual_hint = f"download {TEXT8_URL} by hand into {data_dir} and use source='file'"
-    digest = hashlib.sha256()
-    num_bytes = 0
-    try:
-        with (
-            urllib.request.urlopen(TEXT8_URL, timeout=_DOWNLOAD_TIMEOUT_S) as response,
-            open(partial_path, "wb") as out_file,
-        ):
-            for chunk in iter(lambda: response.read(_DOWNLOAD_CHUNK_BYTES), b""):
-                digest.update(chunk)
-                out_file.write(chunk)
-                num_bytes += len(chunk)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        _remove_quietly(partial_path)
-        reason = getattr(err, "reason", err)
+    num_bytes, sha256 = sources.download(TEXT8_URL, path, manual_hint)
+    if sha256 != TEXT8_SHA256:
+        sources.remove_quietly(path)
         raise DataError(
-            f"could not download {TEXT8_URL} ({type(err).__name__}: {reason}); {manual_hint}"
-        ) from err
-    if digest.hexdigest() != TEXT8_SHA256:
-        _remove_quietly(partial_path)
-        raise DataError(
-            f"downloaded {TEXT8_URL} has sha256 {digest.hexdigest()} and {num_bytes:,} bytes, "
+            f"downloaded {TEXT8_URL} has sha256 {sha256} and {num_bytes:,} bytes, "
             f"expected {TEXT8_SHA256} and {TEXT8_ZIP_BYTES:,} bytes; {manual_hint}"
         )
-    os.replace(partial_path, path)
     return path
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(path)
 
 
 # ----------------------------------------------------------------------------------------------
