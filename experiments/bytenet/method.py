@@ -17,7 +17,9 @@ data.max_bytes bytes each, every batch padded to the next multiple of data.pad_m
 positions P and its sources to a|P| + b positions (the paper's bucketing, recalled); the loss is
 the NLL of each target byte and its EOS. Eval: `bits_per_char` of the eval.split targets (Table 4's
 unit) and `bleu` (sacrebleu, corpus level) of beam-search translations (eval.beam_size, total
-log-likelihood, EOS-terminated only), beside `copy_source_bleu`, the BLEU of copying the source.
+log-likelihood, EOS-terminated only), beside `copy_source_bleu`, the BLEU of copying the source,
+and `bits_per_char_mismatched_source`, the same targets scored given another pair's source (the
+gap to `bits_per_char` is what the model takes from the source).
 Samples: sources, references and greedy and beam translations of held-out pairs, as text.
 """
 
@@ -509,11 +511,16 @@ class ByteNetMethod(Method):
         beam = int(config.eval.beam_size)
         starts = range(0, len(sources), batch)
         tracker = progress("eval", 2 * len(starts), unit="batches")
-        total = count = 0.0
+        # The same targets given another pair's source (the sources rolled by one): how much
+        # the model's predictions rest on the source rather than on the target prefix.
+        mismatched = sources[1:] + sources[:1]
+        total = count = mismatched_total = 0.0
         for i in starts:
             pair_batch = self._pair_batch(sources[i : i + batch], references[i : i + batch])
             nats, n = self._summed_nats(params, pair_batch)
             total, count = total + nats, count + n
+            wrong_batch = self._pair_batch(mismatched[i : i + batch], references[i : i + batch])
+            mismatched_total += self._summed_nats(params, wrong_batch)[0]
             tracker.advance()
         hypotheses, ended = [], []
         for i in starts:
@@ -530,6 +537,7 @@ class ByteNetMethod(Method):
             "bleu": _bleu(hypotheses, reference_text),
             "copy_source_bleu": _bleu(source_text, reference_text),
             "bits_per_char": total / count / math.log(2.0),
+            "bits_per_char_mismatched_source": mismatched_total / count / math.log(2.0),
             "scored_bytes": int(count),
             "beam_size": beam,
             "finished_fraction": float(np.mean(ended)),
@@ -564,8 +572,8 @@ class ByteNetMethod(Method):
         return (
             f"BLEU {report['bleu']:.2f} (copying the source: {report['copy_source_bleu']:.2f}) "
             f"on {report['num_examples']} {report['split']} pairs, beam {report['beam_size']}; "
-            f"{report['bits_per_char']:.4f} bits/char (unigram "
-            f"{report['baseline']['bits_per_char']:.4f})"
+            f"{report['bits_per_char']:.4f} bits/char ({report['bits_per_char_mismatched_source']:.4f} "
+            f"given another pair's source; unigram {report['baseline']['bits_per_char']:.4f})"
         )
 
     # ---- samples -----------------------------------------------------------------------------

@@ -69,6 +69,9 @@ def test_translation_eval_reports_bleu_beside_copying_the_source():
     assert report["copy_source_bleu"] == pytest.approx(expected)
     assert report["baseline"]["bleu"] == report["copy_source_bleu"]
     assert 0.0 <= report["bleu"] <= 100.0 and report["bits_per_char"] > 0
+    # The same targets given the next pair's source: a different number, as finite.
+    mismatched = report["bits_per_char_mismatched_source"]
+    assert np.isfinite(mismatched) and mismatched != report["bits_per_char"]
     assert report["scored_bytes"] == sum(len(r) + 1 for r in data.target_lines[:count])
     assert [e["reference"] for e in report["examples"]] == references[:3]
 
