@@ -48,6 +48,13 @@ def test_decoding_quick_run_reports_per_chunk_times_and_the_two_targets(tmp_path
     assert math.isclose(c["ratio_late_to_early_single_chunks"], ms[-1] / ms[first])
     ratio = c["last_window"]["ms_per_char_median"] / c["first_window"]["ms_per_char_median"]
     assert math.isclose(c["ratio_late_to_early_medians"], ratio)
+    # Linearity is judged on the early and late chunks re-timed alternately.
+    assert c["interleaved_rounds"] == s["interleave_rounds"] == 2
+    interleaved = c["interleaved_ms_per_char"]
+    assert _positive(interleaved["early"]) and _positive(interleaved["late"])
+    ratio = interleaved["late"] / interleaved["early"]
+    assert c["linear_target_judged_on"] == "ratio_late_to_early_interleaved"
+    assert math.isclose(c["ratio_late_to_early_interleaved"], ratio)
     assert c["linear_target_met"] == (ratio <= bytenet_decoding.LINEAR_BOUND)
 
     n = report["naive_vs_cached"]
