@@ -1,12 +1,13 @@
 """ByteNet through the method: the paper's batches, the translation eval's numbers, user errors.
 
-Train, eval and sample through experiments.main (with resume) run in tests/experiments/
-test_contract.py (bytenet:smoke and bytenet:translation_smoke).
+The language model's train, eval and sample through experiments.main (with resume) run in
+tests/experiments/test_contract.py (bytenet:smoke); translation's here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import jax
@@ -21,6 +22,7 @@ from deepgen.data import enwik8
 from deepgen.data import parallel_text as pt
 from experiments import main as entry
 from experiments.bytenet.method import ByteNetMethod
+from experiments.contract import EVAL_KEYS
 
 BIBLE = Path(__file__).resolve().parents[2].parent / "shared/data/bible_es_en"
 
@@ -55,11 +57,23 @@ def test_pair_batch_is_the_papers_padding_and_shift():
     assert pt.decode(batch["targets"][1]) == "año"
 
 
-def test_translation_eval_reports_bleu_beside_copying_the_source():
+def test_translation_trains_evaluates_and_samples_through_main(tmp_path, capsys):
+    """translation_smoke end to end (the runner's guarantees, resume included, are checked on
+    bytenet:smoke in test_contract.py): BLEU beside copying the source, and translations."""
+    workdir = tmp_path / "run"
+    args = [
+        "main",
+        "--config=configs/bytenet.py:translation_smoke",
+        f"--workdir={workdir}",
+        f"--config.data.dir={BIBLE}",
+    ]
+    assert entry.run(args) == 0
+    assert entry.run([*args, "--mode=eval"]) == 0
+    report = json.loads((workdir / "eval.json").read_text())
+    assert set(EVAL_KEYS) <= set(report) and report["step"] == 6
+
     config = translation_config()
     method = ByteNetMethod(config, mode="eval")
-    state = method.init_state(jax.random.key(0))
-    report = method.evaluate(state, step=0, quick=False, progress=no_progress)
     data = method._split("test")
     count = int(config.eval.num_pairs)
     sources = [s.decode() for s in data.source_lines[:count]]
@@ -74,6 +88,12 @@ def test_translation_eval_reports_bleu_beside_copying_the_source():
     assert np.isfinite(mismatched) and mismatched != report["bits_per_char"]
     assert report["scored_bytes"] == sum(len(r) + 1 for r in data.target_lines[:count])
     assert [e["reference"] for e in report["examples"]] == references[:3]
+    assert "BLEU" in capsys.readouterr().out
+
+    assert entry.run([*args, "--mode=sample"]) == 0
+    text = (workdir / "samples" / "step6_translations.txt").read_text()
+    assert text.count("reference: ") == config.sample.num_pairs == text.count("greedy:")
+    assert references[0] in text
 
 
 def test_lm_eval_baseline_is_the_entropy_of_the_scored_bytes():

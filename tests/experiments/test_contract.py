@@ -34,8 +34,7 @@ SMOKE_VARIANTS = [
     ("snap", "smoke", True),
     ("snap", "charlm_smoke", True),
     ("curriculum", "smoke", True),
-    ("bytenet", "smoke", True),
-    ("bytenet", "translation_smoke", True),
+    ("bytenet", "smoke", True),  # translation_smoke end to end: tests/bytenet
     ("noisynet", "smoke_dqn", True),
     ("noisynet", "smoke_a2c", True),
     ("noisynet", "smoke_atari", False),
