@@ -41,7 +41,6 @@ from ml_collections import ConfigDict
 from deepgen.bytenet import decoding, losses
 from deepgen.bytenet import model as bytenet
 from deepgen.core import distributed
-from deepgen.core import mesh as mesh_lib
 from deepgen.core.errors import ConfigError, DataError
 from deepgen.core.optim import make_optimizer
 from deepgen.core.train_loop import Unit
@@ -294,13 +293,6 @@ class ByteNetMethod(Method):
         params = self._init_params(rng)
         return ByteNetState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params)
-        )
-
-    def state_shardings(self) -> Any:
-        """Every leaf replicated (or FSDP-split when mesh.fsdp > 1)."""
-        abstract = jax.eval_shape(self.init_state, jax.random.key(0))
-        return mesh_lib.state_shardings(
-            abstract, self.mesh, fsdp_min_size=self.config.get("fsdp_min_size", 2**14)
         )
 
     def _loss_sums(

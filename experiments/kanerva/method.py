@@ -261,13 +261,6 @@ class KanervaMethod(Method):
             step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params)
         )
 
-    def state_shardings(self) -> Any:
-        """Every leaf replicated (or FSDP-split when mesh.fsdp > 1)."""
-        abstract = jax.eval_shape(self.init_state, jax.random.key(0))
-        return mesh_lib.state_shardings(
-            abstract, self.mesh, fsdp_min_size=self.config.get("fsdp_min_size", 2**14)
-        )
-
     def train_step(
         self, state: KanervaState, batch: Mapping[str, jax.Array], rng: jax.Array
     ) -> tuple[KanervaState, dict]:
