@@ -61,6 +61,11 @@ def unfolded_lengths(source_lengths_B: jax.Array, *, a: float, b: int) -> jax.Ar
     return (jnp.ceil(scaled) + b).astype(jnp.int32)
 
 
+def zero_caches(batch: int, hidden: int, kernel_size: int, dilations: Sequence[int]) -> Cache:
+    """Per block, B x (k - 1) r x d zeros: its dilated conv's inputs before position 0."""
+    return tuple(jnp.zeros((batch, (kernel_size - 1) * r, hidden)) for r in dilations)
+
+
 def source_mask(unfolded_B: jax.Array, length: int) -> jax.Array:
     """B x length x 1: 1 where position < |t^| (the encoder's output is used), else 0."""
     return (jnp.arange(length)[None, :] < unfolded_B[:, None])[..., None].astype(jnp.float32)
@@ -93,9 +98,6 @@ class MultiplicativeUnit(nn.Module):
         """One causal output from the cached inputs; the new cache."""
         pre, cache_BxLxC = self.gates.step(self.gates.variables["params"], cache_BxLxC, h_BxC)
         return self._combine(h_BxC, pre), cache_BxLxC
-
-    def init_cache(self, batch: int) -> jax.Array:
-        return jnp.zeros((batch, (self.kernel_size - 1) * self.dilation, self.features))
 
 
 class ResidualBlock(nn.Module):
@@ -146,11 +148,6 @@ class ResidualBlock(nn.Module):
             h, cache_BxLxD = self.mu_dilated.step(cache_BxLxD, h)
         return self._after_conv(x_BxC, h), cache_BxLxD
 
-    @nn.nowrap
-    def init_cache(self, batch: int) -> jax.Array:
-        """Zeros, B x (k - 1) r x d: the dilated conv's inputs before position 0."""
-        return jnp.zeros((batch, (self.kernel_size - 1) * self.dilation, self.hidden))
-
 
 class ResidualStack(nn.Module):
     """Residual blocks with the given dilations (a decoder if causal, else an encoder)."""
@@ -183,9 +180,8 @@ class ResidualStack(nn.Module):
 
     @nn.nowrap
     def init_cache(self, batch: int) -> Cache:
-        return tuple(
-            jnp.zeros((batch, (self.kernel_size - 1) * r, self.hidden)) for r in self.dilations
-        )
+        """The blocks' zero caches (see zero_caches)."""
+        return zero_caches(batch, self.hidden, self.kernel_size, self.dilations)
 
 
 class ByteNet(nn.Module):
@@ -285,10 +281,7 @@ class ByteNet(nn.Module):
     @nn.nowrap
     def init_cache(self, batch: int) -> Cache:
         """The decoder's per-block caches at position 0 (the zero left padding)."""
-        return tuple(
-            jnp.zeros((batch, (self.kernel_size - 1) * r, self.hidden))
-            for r in self.decoder_dilations
-        )
+        return zero_caches(batch, self.hidden, self.kernel_size, self.decoder_dilations)
 
 
 def count_params(params: Any) -> int:

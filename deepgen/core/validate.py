@@ -55,6 +55,18 @@ class Checker:
         for field in fields:
             self(isinstance(field_value(self.config, field), bool), field, "True or False")
 
+    def divisible_by_devices(self, field: str = "train.batch_size", unit: str = "") -> None:
+        """The field's value splits evenly over the devices JAX sees (a batch sharded on them)."""
+        import jax
+
+        value, devices = field_value(self.config, field), jax.device_count()
+        if value % devices:
+            what = f" ({unit})" if unit else ""
+            raise ConfigError(
+                f"config.{field}={value}{what} must be divisible by the {devices} devices JAX "
+                f"sees (JAX_NUM_CPU_DEVICES on CPU); use a multiple of {devices}"
+            )
+
     def optimiser(self) -> None:
         """config.opt: a known optimiser and schedule and a positive learning rate."""
         from deepgen.core.optim import OPTIMIZERS, SCHEDULES

@@ -112,12 +112,7 @@ class ACN(Method):
             "model.search_block_size",
             f"at least model.num_neighbours={config.model.num_neighbours}",
         )
-        devices = jax.device_count()
-        if config.train.batch_size % devices:
-            raise ConfigError(
-                f"config.train.batch_size={config.train.batch_size} must be divisible by the "
-                f"{devices} devices JAX sees; use a multiple of {devices}"
-            )
+        check.divisible_by_devices()
 
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)

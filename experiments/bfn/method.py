@@ -59,16 +59,7 @@ def validate(config: ConfigDict) -> None:
         SAMPLE_SOLVERS,
         " (bfn: the paper's sampler; the rest: BFN-Solver)",
     )
-    _check_divisible(int(config.train.batch_size), "train.batch_size")
-
-
-def _check_divisible(value: int, field: str) -> None:
-    devices = jax.device_count()
-    if value % devices:
-        raise ConfigError(
-            f"config.{field}={value} must be divisible by the {devices} devices JAX sees "
-            f"(JAX_NUM_CPU_DEVICES on CPU); use a multiple of {devices}"
-        )
+    check.divisible_by_devices()
 
 
 def _round_up_to_devices(value: int) -> int:

@@ -41,7 +41,7 @@ from ml_collections import ConfigDict
 from deepgen.bytenet import decoding, losses
 from deepgen.bytenet import model as bytenet
 from deepgen.core import distributed
-from deepgen.core.errors import ConfigError, DataError
+from deepgen.core.errors import DataError
 from deepgen.core.optim import make_optimizer
 from deepgen.core.train_loop import Unit
 from deepgen.core.validate import Checker
@@ -126,12 +126,7 @@ class ByteNetMethod(Method):
         else:
             check(config.model.encoder_blocks > 0, "model.encoder_blocks", "> 0 for translation")
             check.positive("data.heldout")
-        devices = jax.device_count()
-        if config.train.batch_size % devices:
-            raise ConfigError(
-                f"config.train.batch_size={config.train.batch_size} must be divisible by the "
-                f"{devices} devices JAX sees; use a multiple of {devices}"
-            )
+        check.divisible_by_devices()
 
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)

@@ -61,12 +61,7 @@ class Example(Method):
         check.positive("model.num_components", "eval.repeats", "eval.batch_size")
         check.one_of("eval.split", mnist.SPLITS)
         check.positive("sample.num_images")
-        devices = jax.device_count()
-        if config.train.batch_size % devices:
-            raise ConfigError(
-                f"config.train.batch_size={config.train.batch_size} must be divisible by the "
-                f"{devices} devices JAX sees; use a multiple of {devices}"
-            )
+        check.divisible_by_devices()
 
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)

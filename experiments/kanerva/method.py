@@ -172,12 +172,7 @@ class KanervaMethod(Method):
         check.in_unit_interval("eval.occlusion", closed=True)
         check.one_of("eval.split", ("train", "validation", "test"))
         check.one_of("eval.feedback", FEEDBACK)
-        devices = jax.device_count()
-        if config.train.batch_size % devices:
-            raise ConfigError(
-                f"config.train.batch_size={config.train.batch_size} (episodes) must be divisible "
-                f"by the {devices} devices JAX sees; use a multiple of {devices}"
-            )
+        check.divisible_by_devices(unit="episodes")
 
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)
