@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from deepgen.layers.causal_conv import CausalConv1D
+from deepgen.layers.multiplicative import multiplicative_unit
 
 UNITS = ("relu", "mu")
 Cache = tuple[jax.Array, ...]
@@ -84,20 +85,15 @@ class MultiplicativeUnit(nn.Module):
             4 * self.features, self.kernel_size, self.dilation, causal=self.causal
         )
 
-    def _combine(self, h: jax.Array, pre: jax.Array) -> jax.Array:
-        g1, g2, g3, u = jnp.split(pre, 4, axis=-1)
-        g1, g2, g3 = jax.nn.sigmoid(g1), jax.nn.sigmoid(g2), jax.nn.sigmoid(g3)
-        return g1 * jnp.tanh(g2 * h + g3 * jnp.tanh(u))
-
     def __call__(self, h_BxTxC: jax.Array) -> jax.Array:
         if h_BxTxC.ndim == 2:  # one position (pointwise unit in a cached step)
             return self(h_BxTxC[:, None])[:, 0]
-        return self._combine(h_BxTxC, self.gates(h_BxTxC))
+        return multiplicative_unit(h_BxTxC, self.gates(h_BxTxC))
 
     def step(self, cache_BxLxC: jax.Array, h_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One causal output from the cached inputs; the new cache."""
         pre, cache_BxLxC = self.gates.step(self.gates.variables["params"], cache_BxLxC, h_BxC)
-        return self._combine(h_BxC, pre), cache_BxLxC
+        return multiplicative_unit(h_BxC, pre), cache_BxLxC
 
 
 class ResidualBlock(nn.Module):

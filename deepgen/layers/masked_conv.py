@@ -4,7 +4,8 @@ PixelCNN (van den Oord et al., arXiv:1601.06759, Sec. 3.4, Fig. 2): a 2-D convol
 is zeroed at and after the centre in raster order, so output pixel (i, j) sees only input pixels
 before (i, j). Mask 'A' (first layer) also zeroes the centre; mask 'B' (later layers) keeps it. With
 channel groups (e.g. R, G, B) the centre tap connects input group g_in to output group g_out only if
-g_in < g_out (mask A) or g_in <= g_out (mask B).
+g_in < g_out (mask A) or g_in <= g_out (mask B); channel k of C is in group k * G // C (contiguous
+groups, equal when G divides C).
 
 Gated PixelCNN (van den Oord et al., arXiv:1606.05328, Sec. 2.1-2.3, Fig. 2, Eqs. 2 and 4): a
 vertical stack (rows above, full kernel width) and a horizontal stack (the current row, pixels to the
@@ -34,6 +35,11 @@ def _check_mask_type(mask_type: str) -> None:
         raise ValueError(f"mask_type={mask_type!r} is not one of {MASK_TYPES}")
 
 
+def channel_group_of(channels: int, channel_groups: int) -> np.ndarray:
+    """Channel k's group, k * groups // channels: contiguous, sizes differing by at most one."""
+    return np.arange(channels) * channel_groups // channels
+
+
 def pixelcnn_mask(
     kernel_shape: tuple[int, int],
     in_channels: int,
@@ -43,18 +49,18 @@ def pixelcnn_mask(
 ) -> np.ndarray:
     """The kh x kw x C_in x C_out 0/1 raster-order mask of a PixelCNN conv (centre at (kh//2, kw//2))."""
     _check_mask_type(mask_type)
-    if in_channels % channel_groups or out_channels % channel_groups:
+    if min(in_channels, out_channels) < channel_groups:
         raise ValueError(
-            f"channel_groups={channel_groups} must divide in_channels={in_channels} "
-            f"and out_channels={out_channels}"
+            f"channel_groups={channel_groups} needs at least that many channels, got "
+            f"in_channels={in_channels} and out_channels={out_channels}"
         )
     kh, kw = kernel_shape
     ci, cj = kh // 2, kw // 2
     mask = np.zeros((kh, kw, in_channels, out_channels), np.float32)
     mask[:ci] = 1.0
     mask[ci, :cj] = 1.0
-    group_in = np.arange(in_channels) // (in_channels // channel_groups)
-    group_out = np.arange(out_channels) // (out_channels // channel_groups)
+    group_in = channel_group_of(in_channels, channel_groups)
+    group_out = channel_group_of(out_channels, channel_groups)
     if mask_type == "A":
         mask[ci, cj] = group_in[:, None] < group_out[None, :]
     else:

@@ -68,8 +68,11 @@ def test_masks_follow_raster_and_channel_order():
     groups_out = np.arange(6) // 2
     np.testing.assert_array_equal(rgb_a, np.arange(3)[:, None] < groups_out[None, :])
     np.testing.assert_array_equal(rgb_b, np.arange(3)[:, None] <= groups_out[None, :])
+    # 128 channels in 3 colour groups (the VPN's c = 128): groups of 43, 43 and 42, in order.
+    uneven = pixelcnn_mask((1, 1), 3, 128, "B", channel_groups=3)[0, 0]
+    np.testing.assert_array_equal(uneven.sum(axis=1), [128, 85, 42])
     with pytest.raises(ValueError, match="channel_groups"):
-        pixelcnn_mask((3, 3), 3, 4, "A", channel_groups=3)
+        pixelcnn_mask((3, 3), 3, 2, "A", channel_groups=3)
     with pytest.raises(ValueError, match="mask_type"):
         pixelcnn_mask((3, 3), 1, 1, "C")
 
