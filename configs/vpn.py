@@ -39,6 +39,7 @@ def _base(dataset: str) -> ConfigDict:
     config.data.num_digits = 2
     config.data.speed = 0.0  # pixels per frame; 0: Srivastava's 0.1 of the free range (3.6 px)
     config.data.test_set = "generated"  # held-out sequences of test digits, or "standard"
+    config.data.test_dir = ""  # the standard set's folder (mnist_test_seq.npy); "": data.dir
     # Robotic Pushing (Finn et al. 2016): 64 x 64 RGB [recalled].
     config.data.image_side = 64
     config.data.max_train_sequences = 0  # 0: every training record

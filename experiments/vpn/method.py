@@ -9,7 +9,7 @@ is the soft-target Bernoulli cross-entropy of every frame from train.first_score
 given the true frames before it, per pixel (the gradient's scale; the unit is nats per frame).
 Eval: `nats_per_frame` of frames data.context_frames .. T - 1 (the paper's 10 predicted frames) of
 held-out sequences built from MNIST test digits (or Srivastava's standard test set with
-data.test_set="standard"), its standard error over sequences, the floor H(z, z) of the same
+data.test_set="standard", read from data.test_dir, else data.dir), its standard error over sequences, the floor H(z, z) of the same
 targets (`entropy_floor_nats_per_frame`; 86.3 on the standard set), and
 `baseline_nats_per_frame`: each predicted frame as the last context frame smoothed towards the mean
 pixel, (1 - s) z_last + s m, with s and m fitted on training sequences.
@@ -125,6 +125,19 @@ class VPNMethod(Method):
             )
             check.one_of("data.test_set", TEST_SETS)
             check.non_negative("data.speed")
+            if config.data.test_set == "standard":
+                standard = (moving_mnist.NUM_FRAMES, moving_mnist.CANVAS)
+                check(
+                    (int(config.data.num_frames), int(config.data.canvas)) == standard,
+                    "data.test_set",
+                    f"'generated' unless data.num_frames, data.canvas = {standard} (the standard "
+                    "sequences' size)",
+                )
+                check(
+                    bool(config.data.test_dir or config.data.dir),
+                    "data.test_dir",
+                    f"a folder holding {moving_mnist.NPY_NAME} or TFDS moving_mnist (or data.dir)",
+                )
         else:
             check.positive("data.image_side")
             check.one_of("eval.split", PUSH_SPLITS)
@@ -248,7 +261,9 @@ class VPNMethod(Method):
         if self.mnist:
             if config.data.test_set == "standard":
                 split = moving_mnist.load_moving_mnist(
-                    "test", data_dir=config.data.dir or None, num_sequences=limit or None
+                    "test",
+                    data_dir=config.data.test_dir or config.data.dir,
+                    num_sequences=limit or None,
                 )
                 return {"frames": split.videos_NxTxHxWx1}, "standard test", split.source
             moving = self._moving("test")
@@ -497,7 +512,7 @@ class VPNMethod(Method):
         gif_path = os.path.join(out_dir, f"step{step}_video.gif")
         _save_gif(frames[:, context:], generated, gif_path)
         return {
-            f"strips of {split} sequences (rows: last context frames, truth, sample)": strip_path,
+            f"strips of {split} sequences (rows per sequence = context, truth, sample)": strip_path,
             "truth (top) and samples (bottom), animated": gif_path,
         }
 

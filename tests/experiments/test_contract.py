@@ -35,6 +35,7 @@ SMOKE_VARIANTS = [
     ("snap", "charlm_smoke", True),
     ("curriculum", "smoke", True),
     ("bytenet", "smoke", True),  # translation_smoke end to end: tests/bytenet
+    ("vpn", "smoke", True),  # push_smoke end to end: tests/vpn
     ("noisynet", "smoke_dqn", True),
     ("noisynet", "smoke_a2c", True),
     ("noisynet", "smoke_atari", False),
