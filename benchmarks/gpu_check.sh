@@ -60,3 +60,13 @@ for MODE in train eval sample; do
   timeout 90 python3 -m experiments.main --config=configs/bytenet.py:smoke --workdir=/tmp/gpu_bytenet \
     --mode=$MODE 2>&1 | tail -1 | sed "s/^/bytenet $MODE: /" | tee -a "$LOG"
 done
+# VPN: training frames per second at the paper's sizes (64 x 64, 20 frames, batch 64) and one
+# generated 64 x 64 frame, cached against naive (the naive decoder timed on its first 256 pixels
+# and scaled: every naive pixel step reruns the whole frame); then the smoke variant through the
+# runner.
+timeout 200 python3 benchmarks/vpn_speed.py --config moving_mnist --batch 16 --naive_pixels 256 \
+  --out=${OUT:-/tmp}/vpn_speed.json 2>&1 | grep -E "^[|]|^target|^device|Error|error" | tee -a "$LOG"
+for MODE in train eval sample; do
+  timeout 60 python3 -m experiments.main --config=configs/vpn.py:smoke --workdir=/tmp/gpu_vpn \
+    --mode=$MODE 2>&1 | tail -1 | sed "s/^/vpn $MODE: /" | tee -a "$LOG"
+done

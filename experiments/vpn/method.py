@@ -141,7 +141,6 @@ class VPNMethod(Method):
         else:
             check.positive("data.image_side")
             check.one_of("eval.split", PUSH_SPLITS)
-            check(bool(config.data.dir), "data.dir", "a folder holding the push TFRecords")
         check.divisible_by_devices()
 
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
