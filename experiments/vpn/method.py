@@ -44,7 +44,7 @@ from deepgen.core.errors import DataError
 from deepgen.core.optim import make_optimizer
 from deepgen.core.plots import save_image_grid
 from deepgen.core.train_loop import Unit
-from deepgen.core.validate import Checker
+from deepgen.core.validate import Checker, field_value
 from deepgen.data import moving_mnist, robot_push
 from deepgen.data.pipeline import EpochIterator
 from deepgen.vpn import losses, sampling
@@ -58,7 +58,8 @@ TEST_SETS = ("generated", "standard")
 PUSH_SPLITS = robot_push.SPLITS
 QUICK_SEQUENCES = 8
 BASELINE_FIT_SEQUENCES = 64
-SMOOTHING_GRID = np.geomspace(1e-4, 0.5, 40)
+# Smoothing weights s tried for the copy baseline: near 0 (copy) to near 1 (the mean pixel alone).
+SMOOTHING_GRID = np.concatenate([np.geomspace(1e-4, 0.5, 30), np.linspace(0.55, 0.99, 12)])
 
 
 class VPNState(struct.PyTreeNode):
@@ -102,7 +103,7 @@ class VPNMethod(Method):
         )
         check.non_negative("eval.num_sequences")
         for field in ("model.kernel_size", "model.first_kernel_size"):
-            check(int(config.get(field.split(".")[0])[field.split(".")[1]]) % 2 == 1, field, "odd")
+            check(int(field_value(config, field)) % 2 == 1, field, "an odd number")
         dilations = tuple(config.model.encoder_dilations)
         check(all(int(d) >= 1 for d in dilations), "model.encoder_dilations", "dilations >= 1")
         frames = int(config.data.num_frames)
