@@ -21,7 +21,9 @@ pixel of frames < t, the pixels before (i, j) in frame t, and the earlier channe
   1x1 and 3x3 convs and the output head) is masked 'B'. So each feature at (i, j) depends on
   frame t's pixels before (i, j) only (and on channels of (i, j) of an earlier colour group), and
   the residual paths and the MU's g2 * h cannot leak the current pixel (the fault of both public
-  ports; see the research notes). With `pixel_dependencies=False` the frame is not an input at
+  ports; see the research notes). Stacked masked 3x3 convs keep PixelCNN's blind spot (pixels
+  above and to the right beyond the kernels' diagonal reach), as the paper's decoder does
+  [recalled: it builds on the PixelCNN of van den Oord et al. 2016]. With `pixel_dependencies=False` the frame is not an input at
   all: the paper's baseline (Table 1, 110.1 nats), whose pixels are independent given the past.
 * Output: per channel, one Bernoulli logit (Moving MNIST, grey values as soft targets, Sec. 5.1)
   or `num_values` categorical logits (Robotic Pushing, 256 intensities, Sec. 5.2).
