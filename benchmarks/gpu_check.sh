@@ -70,3 +70,9 @@ for MODE in train eval sample; do
   timeout 60 python3 -m experiments.main --config=configs/vpn.py:smoke --workdir=/tmp/gpu_vpn \
     --mode=$MODE 2>&1 | tail -1 | sed "s/^/vpn $MODE: /" | tee -a "$LOG"
 done
+# Parallel WaveNet at the paper's sizes: the teacher's cached against naive step (receptive field
+# 6,139), cached generation, and the student's parallel sampling (target: 2M samples/s on one
+# H100 at batch 16); then the teacher's smoke variant through the runner (on the embedded
+# utterance, which needs the pysptk sdist in the venv's share/deepgen/sdists).
+timeout 240 python3 benchmarks/parallel_wavenet_speed.py --batch 16 \
+  --out=${OUT:-/tmp}/parallel_wavenet_speed.json 2>&1 | grep -E "^[|]|^targets|^device|Error|error" | tee -a "$LOG"

@@ -10,6 +10,9 @@ arXiv:1711.10433): each causal layer keeps a cache of its last (kernel_size - 1)
 (a shift buffer, oldest first); `step` reads the kernel_size taps t - (k - 1) d, ..., t from the cache
 and the new input, applies the conv kernel as one matmul and shifts the new input in. Per step the
 work is O(layers), and the outputs equal the full convolution's (the full conv is the test oracle).
+`ring_step` keeps the same inputs in a ring buffer (slot t mod (k - 1) d) instead, so a step
+touches k - 1 slots rather than shifting the whole cache: what large dilations (WaveNet's 512)
+need at small batch.
 """
 
 from collections.abc import Callable, Sequence
@@ -102,6 +105,34 @@ class CausalConv1D(nn.Module):
         bias_F = params["bias"] if self.use_bias else None
         y_BxF = _conv1d_taps(taps_BxKxC, params["kernel"], bias_F)
         return y_BxF, window_BxWxC[:, 1:]
+
+    @nn.nowrap
+    def ring_step(
+        self, params: Params, ring_BxLxC: jax.Array, t: jax.Array, x_BxC: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """`step` with a ring buffer: input t' lives in slot t' mod (k - 1) d of ring (init_cache's
+        shape), so a step reads k - 1 taps and writes one slot (O(C), whatever the dilation)
+        where `step` shifts the whole cache (O((k - 1) d C)). t is the position of x (traced)."""
+        if not self.causal:
+            raise ValueError("ring_step needs causal=True: a centred conv reads future inputs")
+        length = self.cache_length
+        if length == 0:
+            taps_BxKxC = x_BxC[:, None, :]
+        else:
+            # Tap k (k = 0 .. K - 2) is input t - (K - 1 - k) d, oldest first, as in __call__.
+            t = jnp.asarray(t, jnp.int32)
+            back = (self.kernel_size - 1 - jnp.arange(self.kernel_size - 1)) * self.dilation
+            slots = jnp.mod(t - back.astype(jnp.int32), length)
+            taps_BxKxC = jnp.concatenate(
+                [ring_BxLxC[:, slots], x_BxC[:, None, :].astype(ring_BxLxC.dtype)], axis=1
+            )
+            ring_BxLxC = jax.lax.dynamic_update_slice(
+                ring_BxLxC,
+                x_BxC[:, None, :].astype(ring_BxLxC.dtype),
+                (jnp.int32(0), jnp.mod(t, length), jnp.int32(0)),
+            )
+        bias_F = params["bias"] if self.use_bias else None
+        return _conv1d_taps(taps_BxKxC, params["kernel"], bias_F), ring_BxLxC
 
 
 class CausalConvStack(nn.Module):

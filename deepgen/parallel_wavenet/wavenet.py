@@ -15,8 +15,9 @@ built as the WaveNet of arXiv:1609.03499 (Secs. 2.1-2.5).
   deepgen/layers/discretized_logistic.py) in place of the 2016 WaveNet's 256-way softmax.
 
 Cached generation (`init_cache`, `step`; Paine et al., arXiv:1611.09482): every causal conv keeps its
-last (k - 1) d inputs (deepgen/layers/causal_conv.py), so one new sample costs O(layers); equal to
-the full network's output at that position.
+last (k - 1) d inputs in a ring buffer (deepgen/layers/causal_conv.py `ring_step`), so one new
+sample reads k - 1 slots per layer and costs O(layers), not O(receptive field); equal to the full
+network's output at that position.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ class GatedResidualLayer(nn.Module):
     def __call__(self, x_BxTxC: jax.Array, condition_BxTxD: jax.Array | None):
         return self._finish(x_BxTxC, self.dilated(x_BxTxC), condition_BxTxD)
 
-    def step(self, cache_BxLxC: jax.Array, x_BxC: jax.Array, condition_BxD: jax.Array | None):
-        """One position from the conv's cache: ((residual, skip), new cache)."""
-        pre, cache_BxLxC = self.dilated.step(self.dilated.variables["params"], cache_BxLxC, x_BxC)
-        return self._finish(x_BxC, pre, condition_BxD), cache_BxLxC
+    def step(self, ring_BxLxC: jax.Array, t, x_BxC: jax.Array, condition_BxD: jax.Array | None):
+        """Position t from the conv's ring buffer of past inputs: ((residual, skip), new ring)."""
+        params = self.dilated.variables["params"]
+        pre, ring_BxLxC = self.dilated.ring_step(params, ring_BxLxC, t, x_BxC)
+        return self._finish(x_BxC, pre, condition_BxD), ring_BxLxC
 
 
 class Conditioning(nn.Module):
@@ -173,9 +175,10 @@ class WaveNet(nn.Module):
         return self.from_condition(audio_BxT, condition)
 
     def init_cache(self, batch: int, dtype=jnp.float32) -> tuple[Any, ...]:
-        """Zero caches: the input conv's and each layer's (the causal padding)."""
+        """(position 0, zero ring buffers of the input conv and of each layer): the padding."""
         first = jnp.zeros((batch, self.kernel_size - 1, 1), dtype)
         return (
+            jnp.zeros((), jnp.int32),
             first,
             tuple(
                 jnp.zeros((batch, (self.kernel_size - 1) * d, self.residual_features), dtype)
@@ -185,16 +188,19 @@ class WaveNet(nn.Module):
 
     def step(self, caches, previous_B: jax.Array, condition_BxD: jax.Array | None):
         """Parameters B x 3M of the next sample given the previous one: (params, new caches)."""
-        first, layer_caches = caches
-        h, first = self.input_conv.step(
-            self.input_conv.variables["params"], first, previous_B[:, None].astype(first.dtype)
+        t, first, layer_rings = caches
+        h, first = self.input_conv.ring_step(
+            self.input_conv.variables["params"],
+            first,
+            t,
+            previous_B[:, None].astype(first.dtype),
         )
-        skips, new_caches = [], []
-        for layer, cache in zip(self.layers, layer_caches, strict=True):
-            (h, skip), cache = layer.step(cache, h, condition_BxD)
+        skips, new_rings = [], []
+        for layer, ring in zip(self.layers, layer_rings, strict=True):
+            (h, skip), ring = layer.step(ring, t, h, condition_BxD)
             skips.append(skip)
-            new_caches.append(cache)
-        return self._head(skips), (first, tuple(new_caches))
+            new_rings.append(ring)
+        return self._head(skips), (t + 1, first, tuple(new_rings))
 
 
 def split_mixture(params_xP: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -158,3 +158,22 @@ def test_cached_steps_equal_full_conv_stack_traced_once(kernel_size):
         y_t, caches = step(params, caches, x[:, t])
         np.testing.assert_allclose(y_t, y_full[:, t], rtol=1e-5, atol=1e-5)
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize(("kernel_size", "dilation"), [(2, 1), (3, 2), (3, 5), (1, 4)])
+def test_ring_buffer_steps_equal_full_conv(kernel_size, dilation):
+    layer = CausalConv1D(F, kernel_size, dilation=dilation)
+    params = random_params(layer, C)
+    x = random_inputs()
+
+    def body(ring, inputs):
+        t, x_BxC = inputs
+        y, ring = layer.ring_step(params, ring, t, x_BxC)
+        return ring, y
+
+    _, y_TxBxF = jax.jit(lambda x: jax.lax.scan(
+        body, layer.init_cache(B, C), (jnp.arange(T), jnp.swapaxes(x, 0, 1))
+    ))(x)  # fmt: skip
+    np.testing.assert_allclose(
+        jnp.swapaxes(y_TxBxF, 0, 1), jitted_apply(layer, params)(x), rtol=1e-5, atol=1e-5
+    )
