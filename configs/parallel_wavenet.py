@@ -87,6 +87,7 @@ def _base(kind: str) -> ConfigDict:
     config.eval.num_clips = 64  # held-out clips scored (0: every clip of the split)
     config.eval.batch_size = 8
     config.eval.generate_samples = 2400  # teacher samples timed at batch 1
+    config.eval.order0_steps = 400  # Adam steps fitting the order-0 baseline mixture
 
     config.sample = ConfigDict()
     config.sample.num_clips = 2  # held-out clips resynthesised
@@ -195,6 +196,7 @@ def _smoke(config: ConfigDict) -> ConfigDict:
     config.eval.clip_length = 512
     config.eval.num_clips = 4
     config.eval.generate_samples = 64
+    config.eval.order0_steps = 60
     config.sample.num_clips = 1
     config.sample.num_samples = 128
     return config

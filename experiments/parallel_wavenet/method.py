@@ -65,7 +65,6 @@ KINDS = ("teacher", "student", "classifier")
 NUM_BINS = losses.NUM_BINS
 QUICK_CLIPS = 4
 ORDER0_FIT_SAMPLES = 200_000
-ORDER0_FIT_STEPS = 400
 
 
 class WaveState(struct.PyTreeNode):
@@ -137,6 +136,7 @@ class ParallelWaveNetMethod(Method):
             "eval.clip_length",
             "eval.batch_size",
             "eval.generate_samples",
+            "eval.order0_steps",
             "sample.num_clips",
             "sample.num_samples",
         )
@@ -535,12 +535,13 @@ class ParallelWaveNetMethod(Method):
             updates, s = optimizer.update(grads, s, p)
             return optax.apply_updates(p, updates), s, value
 
-        for _ in range(ORDER0_FIT_STEPS):
+        for _ in range(int(self.config.eval.order0_steps)):
             params, opt_state, _ = fit_step(params, opt_state)
         heldout = float(nats(params, to_unit(heldout_audio.reshape(-1))))
         return {
             "name": "the same discretised mixture of logistics with no context (order 0), "
-            f"fitted to {len(train):,} training samples",
+            f"fitted to {len(train):,} training samples ({self.config.eval.order0_steps} Adam "
+            "steps)",
             "bits_per_sample": heldout / math.log(2.0),
         }
 

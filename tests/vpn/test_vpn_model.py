@@ -141,11 +141,14 @@ def test_the_single_pixel_step_equals_the_whole_frame_decoder(channels, num_valu
         r0 = 2
         padded = jnp.pad(frame, ((0, 0), (r0, r0), (r0, r0), (0, 0)))
         buffers = model.apply(variables, B, H, W, jnp.float64, method=model.init_buffers)
+        step = jax.jit(
+            lambda buffers, i, j: model.apply(
+                variables, padded, context[:, i, j], buffers, i, j, method=model.decode_at
+            )
+        )
         for i in range(H):  # raster order, as generation visits the pixels
             for j in range(W):
-                logits, buffers = model.apply(
-                    variables, padded, context[:, i, j], buffers, i, j, method=model.decode_at
-                )
+                logits, buffers = step(buffers, i, j)
                 np.testing.assert_allclose(logits, full[:, i, j], rtol=1e-12, atol=1e-12)
 
 
