@@ -83,7 +83,7 @@ def count_params(params: Any) -> int:
 
 def to_unit(audio_int: Any) -> jax.Array:
     """16-bit values (int) -> the discretised logistic's bin centres in [-1, 1]."""
-    return to_bin_centres(jnp.asarray(audio_int) + 32768, NUM_BINS)
+    return to_bin_centres(jnp.asarray(audio_int, jnp.int32) + 32768, NUM_BINS)  # int16 would wrap
 
 
 def write_wav(path: str, audio_unit: np.ndarray, sample_rate: int) -> str:

@@ -125,3 +125,10 @@ def test_a_teacher_of_other_audio_settings_is_refused(teacher_and_classifier, tm
     extra = (f"--config.teacher_workdir={teacher_dir}", "--config.data.num_mels=6")
     assert run("student_smoke", tmp_path / "run", *extra) == 2
     assert_one_line_error(capsys, "data.num_mels")
+
+
+def test_16_bit_values_map_to_the_bin_centres_whatever_their_integer_type():
+    values = np.array([-32768, -1, 0, 5, 32767], np.int16)  # int16 + 32768 would wrap
+    expected = -1.0 + 2.0 * (values.astype(np.int64) + 32768) / 65535.0
+    np.testing.assert_allclose(to_unit(values), expected, rtol=1e-6)
+    np.testing.assert_allclose(to_unit(values.astype(np.int32)), expected, rtol=1e-6)
