@@ -86,7 +86,10 @@ def stft_magnitude(audio_BxT: jax.Array, *, frame_length: int, hop_length: int) 
     starts = jnp.arange(num_frames) * hop_length
     frames = audio_BxT[:, starts[:, None] + jnp.arange(frame_length)[None, :]]
     window = 0.5 - 0.5 * jnp.cos(2.0 * math.pi * jnp.arange(frame_length) / frame_length)
-    return jnp.abs(jnp.fft.rfft(frames * window, axis=-1)) / jnp.sqrt(jnp.sum(window**2))
+    spectrum = jnp.fft.rfft(frames * window, axis=-1)
+    # sqrt(re^2 + im^2 + tiny): |z|'s gradient is undefined at z = 0 (a silent frame).
+    magnitude = jnp.sqrt(spectrum.real**2 + spectrum.imag**2 + 1e-20)
+    return magnitude / jnp.sqrt(jnp.sum(window**2))
 
 
 def power_loss(

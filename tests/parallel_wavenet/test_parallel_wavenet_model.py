@@ -56,8 +56,16 @@ def conditioning(length: int = T):
 
 
 def float64_params(model, *args):
+    """Initial parameters in float64, jittered (the student's output kernels start at zero, which
+    would make every flow a constant affine map and the dependence tests trivial)."""
     params = model.init(jax.random.key(2), *args)["params"]
-    return jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(11), len(leaves))
+    jittered = [
+        p.astype(jnp.float64) + 0.2 * jax.random.normal(k, p.shape, jnp.float64)
+        for p, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree.unflatten(tree, jittered)
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3])
@@ -94,7 +102,7 @@ def test_cached_generation_equals_naive_generation_sample_for_sample(kernel_size
 
         cached, naive = np.asarray(run(True)), np.asarray(run(False))
         np.testing.assert_array_equal(cached, naive)
-        assert len(np.unique(cached)) > T  # real samples, not a constant
+        assert len(np.unique(cached)) > T // 2  # real samples, not a constant
         assert model.receptive_field < T  # the naive window slides
 
 
@@ -122,6 +130,7 @@ def test_the_students_jacobian_is_triangular_with_the_log_determinant_of_its_sca
         x_of = lambda z: model.apply({"params": params}, z, mel, speaker)[0]
         jacobian = np.asarray(jax.jacfwd(x_of)(z))[0, :, 0, :]  # d x[0, t] / d z[0, t']
         assert np.all(np.triu(jacobian, k=1) == 0.0)
+        assert np.all(np.abs(np.diag(jacobian, k=-1)) > 0)  # x_t does depend on z_(t-1)
         _, mean_total, log_scale_total = model.apply({"params": params}, z, mel, speaker)
         np.testing.assert_allclose(np.diag(jacobian), np.exp(log_scale_total[0]), rtol=1e-12)
         sign, logdet = np.linalg.slogdet(jacobian)
