@@ -100,6 +100,13 @@ class Method(abc.ABC):
         """The resumable training batch iterator, or None when the step makes its own data."""
         return None
 
+    def jitted(self, name: str, fn: Callable) -> Callable:
+        """jax.jit(fn), built once per method and name, so eval and sample reuse compilations."""
+        cache = self.__dict__.setdefault("_jitted_functions", {})
+        if name not in cache:
+            cache[name] = jax.jit(fn)
+        return cache[name]
+
     def describe(self) -> list[str]:
         """Lines logged when training starts (data, model size, ...)."""
         return []

@@ -18,15 +18,11 @@ import jax
 import jax.numpy as jnp
 
 from deepgen.core.errors import ConfigError
+from deepgen.core.train_state import count_params  # noqa: F401 (re-exported)
 
 _GROUP_NORM_EPS = 1e-5  # PyTorch nn.GroupNorm default, used by improved-diffusion's GroupNorm32.
 
 Initializer = Callable[..., jax.Array]
-
-
-def count_params(params: Any) -> int:
-    """Total number of scalars in a parameter pytree (arrays or jax.ShapeDtypeStruct leaves)."""
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
 
 
 def timestep_embedding(timesteps_B: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

@@ -26,12 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deepgen.core.train_state import count_params  # noqa: F401 (re-exported)
 from deepgen.layers.causal_conv import CausalConv1D
 from deepgen.layers.multiplicative import multiplicative_unit
 
@@ -278,8 +278,3 @@ class ByteNet(nn.Module):
     def init_cache(self, batch: int) -> Cache:
         """The decoder's per-block caches at position 0 (the zero left padding)."""
         return zero_caches(batch, self.hidden, self.kernel_size, self.decoder_dilations)
-
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter pytree."""
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

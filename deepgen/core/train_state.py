@@ -1,5 +1,6 @@
 """The training state as one pytree: step, parameters, their EMA and the optimiser state."""
 
+import math
 from typing import Any
 
 import jax
@@ -14,6 +15,11 @@ class TrainState(struct.PyTreeNode):
     params: Any
     ema_params: Any
     opt_state: Any
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a parameter pytree (arrays or jax.ShapeDtypeStruct leaves)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
 
 
 def ema_decay(step: jax.Array, *, decay: float, warmup: bool) -> jax.Array:

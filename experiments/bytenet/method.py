@@ -148,7 +148,6 @@ class ByteNetMethod(Method):
         if mode == "train":
             self.train_data = self._split("train")
             self._check_train_data()
-        self._jitted: dict[str, Any] = {}
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -365,13 +364,8 @@ class ByteNetMethod(Method):
         """The split; the runner adds the data source."""
         return str(self.config.eval.split)
 
-    def _jit(self, name: str, fn: Any) -> Any:
-        if name not in self._jitted:
-            self._jitted[name] = jax.jit(fn)
-        return self._jitted[name]
-
     def _summed_nats(self, params: Any, batch: Mapping[str, np.ndarray]) -> tuple[float, float]:
-        fn = self._jit("loss_sums", lambda p, b: self._loss_sums(p, b, None))
+        fn = self.jitted("loss_sums", lambda p, b: self._loss_sums(p, b, None))
         total, count = fn(params, {k: jnp.asarray(v) for k, v in batch.items()})
         return float(total), float(count)
 
@@ -460,7 +454,7 @@ class ByteNetMethod(Method):
                 step, carry, batch=batch, beam=beam, max_len=max_len, bos=pt.BOS, eos=pt.EOS
             )
 
-        return self._jit(f"decode_{beam}_{max_len}", run)
+        return self.jitted(f"decode_{beam}_{max_len}", run)
 
     def translate(
         self, params: Any, sources: list[bytes], *, beam: int
@@ -577,7 +571,7 @@ class ByteNetMethod(Method):
                 step, carry, prompt, num_steps=num_bytes, rng=key, temperature=temperature
             )
 
-        return np.asarray(jax.device_get(self._jit("sample", run)(params, prompt_1xP, key)))
+        return np.asarray(jax.device_get(self.jitted("sample", run)(params, prompt_1xP, key)))
 
     def sample(self, state: ByteNetState, out_dir: str, *, step: int, progress: Any) -> dict:
         """Generated text (LM) or translations of held-out pairs, as UTF-8 text files."""

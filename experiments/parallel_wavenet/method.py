@@ -47,6 +47,7 @@ from deepgen.core import distributed, metrics, plots
 from deepgen.core.errors import ConfigError, DataError
 from deepgen.core.optim import make_optimizer
 from deepgen.core.train_loop import Unit
+from deepgen.core.train_state import count_params
 from deepgen.core.validate import Checker
 from deepgen.data import speech
 from deepgen.layers.discretized_logistic import (
@@ -74,11 +75,6 @@ class WaveState(struct.PyTreeNode):
     params: Any
     opt_state: Any
     frozen: Any = None
-
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree."""
-    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
 def to_unit(audio_int: Any) -> jax.Array:
@@ -207,7 +203,6 @@ class ParallelWaveNetMethod(Method):
             dilations=tuple(int(d) for d in c.dilations),
         )
         self.optimizer = make_optimizer(config.opt, int(config.train.num_steps))
-        self._jitted: dict[str, Any] = {}
         self._frozen: dict[str, Any] | None = None
         if self.kind == "student":  # restored here, outside any trace of init_state
             self.frozen()
@@ -488,11 +483,6 @@ class ParallelWaveNetMethod(Method):
         """The split."""
         return str(self.config.eval.split)
 
-    def _jit(self, name: str, fn: Any) -> Any:
-        if name not in self._jitted:
-            self._jitted[name] = jax.jit(fn)
-        return self._jitted[name]
-
     def _batched(self, clips: Mapping[str, np.ndarray], fn: Any, progress: Any) -> np.ndarray:
         """fn over fixed-size batches of the clips (padded), concatenated: one row per clip."""
         batch = int(self.config.eval.batch_size)
@@ -560,7 +550,7 @@ class ParallelWaveNetMethod(Method):
             )
             return generation.generate(teacher, params, condition, key, num_samples=count, batch=1)
 
-        fn = self._jit(f"teacher_generate_{count}", run)
+        fn = self.jitted(f"teacher_generate_{count}", run)
         key = jax.random.key(0)
         jax.block_until_ready(fn(params, mel, speaker, key))
         start = time.perf_counter()
@@ -570,7 +560,7 @@ class ParallelWaveNetMethod(Method):
     def _student_speed(self, params: Any, clips: Mapping[str, np.ndarray]) -> float:
         """Samples per second of the student at batch 1 on one held-out clip (compiled first)."""
         student = self.student
-        fn = self._jit(
+        fn = self.jitted(
             "student_one",
             lambda p, z, m, s: student.apply({"params": p}, z, m, s)[0],
         )
@@ -596,7 +586,7 @@ class ParallelWaveNetMethod(Method):
             "sample_rate": self.mel.sample_rate,
         }
         if self.kind == "teacher":
-            fn = self._jit("teacher_nats", lambda p, b: self.teacher_nats(p, b).mean(axis=-1))
+            fn = self.jitted("teacher_nats", lambda p, b: self.teacher_nats(p, b).mean(axis=-1))
             nats_N = self._batched(clips, lambda b: fn(state.params, b), progress)
             bits_N = nats_N / math.log(2.0)
             return {
@@ -609,7 +599,7 @@ class ParallelWaveNetMethod(Method):
                 "baseline": self._order0_bits(clips["audio"]),
             }
         if self.kind == "classifier":
-            fn = self._jit(
+            fn = self.jitted(
                 "classify",
                 lambda p, b: (
                     jnp.argmax(
@@ -633,7 +623,7 @@ class ParallelWaveNetMethod(Method):
             }
         frozen = state.frozen
         key = jax.random.key(int(self.config.seed) + 7000)
-        fn = self._jit(
+        fn = self.jitted(
             "student_terms",
             lambda p, b: jnp.stack(
                 [self.distillation_terms(p, frozen, b, key)[k] for k in ("kl", "power", "entropy")],
@@ -740,7 +730,7 @@ class ParallelWaveNetMethod(Method):
                     teacher, params, condition, key, num_samples=length, batch=count
                 )
 
-            generated = self._jit(f"sample_teacher_{count}_{length}", run)(
+            generated = self.jitted(f"sample_teacher_{count}_{length}", run)(
                 state.params, mel, speaker, key
             )
         else:

@@ -44,6 +44,7 @@ from deepgen.core.errors import DataError
 from deepgen.core.optim import make_optimizer
 from deepgen.core.plots import save_image_grid
 from deepgen.core.train_loop import Unit
+from deepgen.core.train_state import count_params
 from deepgen.core.validate import Checker, field_value
 from deepgen.data import moving_mnist, robot_push
 from deepgen.data.pipeline import EpochIterator
@@ -68,11 +69,6 @@ class VPNState(struct.PyTreeNode):
     step: jax.Array
     params: Any
     opt_state: Any
-
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree."""
-    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
 class VPNMethod(Method):
@@ -167,7 +163,6 @@ class VPNMethod(Method):
         )
         self.optimizer = make_optimizer(config.opt, int(config.train.num_steps))
         self._cache: dict[str, Any] = {}
-        self._jitted: dict[str, Any] = {}
         if mode == "train":
             self._train_source()
 
@@ -347,11 +342,6 @@ class VPNMethod(Method):
             return f"moving_mnist_{self.config.data.test_set}"
         return str(self.config.eval.split)
 
-    def _jit(self, name: str, fn: Any) -> Any:
-        if name not in self._jitted:
-            self._jitted[name] = jax.jit(fn)
-        return self._jitted[name]
-
     def _heldout_frame_nats(
         self, params: Any, videos: Mapping[str, np.ndarray], progress
     ) -> np.ndarray:
@@ -359,7 +349,7 @@ class VPNMethod(Method):
         batch = int(self.config.eval.batch_size)
         num = len(videos["frames"])
         tracker = progress("eval", -(-num // batch), unit="batches")
-        fn = self._jit("frame_nats", self.frame_nats)
+        fn = self.jitted("frame_nats", self.frame_nats)
         out = []
         for start in range(0, num, batch):
             chunk = {k: v[start : start + batch] for k, v in videos.items()}
@@ -473,7 +463,7 @@ class VPNMethod(Method):
         def run(params, context_frames, noise, conditions):
             return sampling.generate(model, params, context_frames, noise, conditions, cached=True)
 
-        return self._jit("sample", run)
+        return self.jitted("sample", run)
 
     def sample(self, state: VPNState, out_dir: str, *, step: int, progress: Any) -> dict:
         """Future frames of held-out sequences: a PNG strip and a GIF (truth beside samples)."""
