@@ -109,6 +109,9 @@ SLOW_FILES_FIRST = (
     "tests/acn/test_acn_model.py",  # 34 s
     "tests/snap/test_snap_e2e.py",  # 33 s
     "tests/curriculum/test_signals.py",  # 31 s
+    "tests/parallel_wavenet/test_parallel_wavenet_model.py",  # 30 s (session 10, busy machine)
+    "tests/parallel_wavenet/test_parallel_wavenet_method.py",  # 25 s
+    "tests/vpn/test_vpn_model.py",  # 22 s
 )
 
 

@@ -68,7 +68,7 @@ def float64_params(model, *args):
     return jax.tree.unflatten(tree, jittered)
 
 
-@pytest.mark.parametrize("kernel_size", [2, 3])
+@pytest.mark.parametrize("kernel_size", [3])  # k = 2 runs in the generation test below
 def test_the_teacher_is_causal_with_the_receptive_field_of_its_formula(kernel_size):
     with jax.enable_x64(True):
         model = teacher(kernel_size=kernel_size)
@@ -163,7 +163,7 @@ def test_the_distillation_kl_estimate_is_unbiased_for_the_brute_force_kl():
     """Mean of the paper's estimator (N draws per step) over many student samples against
     E_x~P_S[log p_S(x) - log p_T(x)] with both exact log-densities, on one conditioning."""
     with jax.enable_x64(True):
-        num, length = 3000, 6
+        num, length = 2000, 6
         t_model, s_model = teacher(dilations=(1, 2)), student()
         mel, speaker = conditioning(length)
         mel, speaker = jnp.repeat(mel[:1], num, axis=0), jnp.zeros((num,), jnp.int32)
