@@ -162,14 +162,6 @@ class ParallelWaveNetMethod(Method):
             "student.flow_layers",
             "positive layer counts, one per flow",
         )
-        if config.model.kind == "student":
-            check(bool(config.teacher_workdir), "teacher_workdir", "the teacher's workdir")
-            if config.distill.perceptual_weight > 0:
-                check(
-                    bool(config.classifier_workdir),
-                    "classifier_workdir",
-                    "the classifier's workdir (or distill.perceptual_weight=0)",
-                )
         check.divisible_by_devices()
 
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
@@ -335,6 +327,14 @@ class ParallelWaveNetMethod(Method):
     def frozen(self) -> dict[str, Any]:
         """The frozen teacher (and classifier) of a student, restored once."""
         if self._frozen is None:
+            perceptual = float(self.config.distill.perceptual_weight) > 0
+            for which in ("teacher", "classifier") if perceptual else ("teacher",):
+                if not self.config[f"{which}_workdir"]:
+                    why = " (or set distill.perceptual_weight=0)" if which == "classifier" else ""
+                    raise ConfigError(
+                        f"{which}_workdir is not set: a student needs the workdir of a trained "
+                        f"{which}, --config.{which}_workdir=DIR{why}"
+                    )
             frozen = {"teacher": self._restore_frozen("teacher")}
             if float(self.config.distill.perceptual_weight) > 0:
                 frozen["classifier"] = self._restore_frozen("classifier")
