@@ -10,7 +10,8 @@ function of a traced task index (same shapes and dtypes for every task):
 * ``repeat_copy`` (Sec. 5.2): the repeat copy task of the Neural Turing Machine (Graves et al.
   2014) with sequence lengths 1..13 times repeat counts 1..13, 169 tasks; target 13 x 13.
 * ``babi`` (Sec. 5.3): the 20 bAbI question-answering tasks (Weston et al. 2015) read from the
-  standard task files, one example per question; the target is the last task.
+  standard task files by :mod:`deepgen.data.babi`, one example per question; the target is the
+  last task.
 
 Every batch carries ``lengths_B``, the time steps tau(x) an example really occupies, by which the
 paper divides its loss-based progress signals.
@@ -20,10 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
-import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -31,46 +29,29 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deepgen.core.errors import ConfigError, DataError
+from deepgen.core.errors import ConfigError
 from deepgen.data import text8
+
+# The bAbI data (parsing, files, vocabulary, arrays) lives in deepgen.data.babi, shared with SAM;
+# these names stay importable from here.
+from deepgen.data.babi import BABI_ANSWER as BABI_ANSWER
+from deepgen.data.babi import BABI_NUM_TASKS as BABI_NUM_TASKS
+from deepgen.data.babi import BABI_PAD as BABI_PAD
+from deepgen.data.babi import BABI_SUBFOLDERS as BABI_SUBFOLDERS
+from deepgen.data.babi import BABI_TASK_NAMES as BABI_TASK_NAMES
+from deepgen.data.babi import BabiExample as BabiExample
+from deepgen.data.babi import babi_arrays as babi_arrays
+from deepgen.data.babi import babi_tokenize as babi_tokenize
+from deepgen.data.babi import babi_vocab as babi_vocab
+from deepgen.data.babi import encode_babi, load_babi
+from deepgen.data.babi import find_babi_files as find_babi_files
+from deepgen.data.babi import parse_babi as parse_babi
 
 KINDS = ("ngram", "repeat_copy", "babi")
 SPLITS = ("train", "test")
 NGRAM_BASE = text8.VOCAB_SIZE  # 27 symbols: 0 = space, 1..26 = a..z
 # The (n + 1)-gram keys are base-27 int64 numbers: 27^13 < 2^63 allows orders up to 12.
 NGRAM_MAX_ORDER = 12
-
-BABI_TASK_NAMES = (
-    "qa1_single-supporting-fact",
-    "qa2_two-supporting-facts",
-    "qa3_three-supporting-facts",
-    "qa4_two-arg-relations",
-    "qa5_three-arg-relations",
-    "qa6_yes-no-questions",
-    "qa7_counting",
-    "qa8_lists-sets",
-    "qa9_simple-negation",
-    "qa10_indefinite-knowledge",
-    "qa11_basic-coreference",
-    "qa12_conjunction",
-    "qa13_compound-coreference",
-    "qa14_time-reasoning",
-    "qa15_basic-deduction",
-    "qa16_basic-induction",
-    "qa17_positional-reasoning",
-    "qa18_size-reasoning",
-    "qa19_path-finding",
-    "qa20_agents-motivations",
-)
-BABI_NUM_TASKS = len(BABI_TASK_NAMES)
-BABI_PAD = "<pad>"  # id 0, an all-zero input vector
-BABI_ANSWER = "<answer>"  # id 1, the query token after the question; the answer is predicted there
-BABI_SUBFOLDERS = ("en-10k", "en")  # searched in this order, then data.dir itself
-_BABI_HINT = (
-    "put the bAbI v1.2 task files (tasks_1-20_v1-2/en-10k or en, qa{N}_{name}_{train,test}.txt "
-    "for N = 1..20) in data.dir; bAbI cannot be downloaded at run time"
-)
-_BABI_TOKEN = re.compile(r"[^\s.?]+|[.?]")
 
 
 class TaskBatch(NamedTuple):
@@ -478,125 +459,6 @@ def build_repeat_copy_family(config: ml_collections.ConfigDict) -> TaskFamily:
 # ----------------------------------------------------------------------------------------------
 
 
-class BabiExample(NamedTuple):
-    """One question: the story sentences before it, then the question, as word tokens."""
-
-    tokens: tuple[str, ...]  # story words, question words (no ANSWER token)
-    answer: str  # the answer as one token, e.g. "kitchen" or "n,s"
-    question_len: int  # number of question tokens at the end of tokens
-
-
-def babi_tokenize(text: str) -> list[str]:
-    """Lowercased words split on whitespace, with '.' and '?' as tokens of their own."""
-    return _BABI_TOKEN.findall(text.lower())
-
-
-def parse_babi(text: str, *, path: str = "<text>") -> list[BabiExample]:
-    """The examples of one bAbI file: one per question line, in file order."""
-    examples = []
-    story: list[list[str]] = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        number, _, body = line.strip().partition(" ")
-        if not number.isdigit():
-            raise DataError(
-                f"{path} line {line_number} does not start with a sentence number; {_BABI_HINT}"
-            )
-        if int(number) == 1:
-            story = []
-        if "\t" in body:
-            question, answer = body.split("\t")[:2]
-            question_tokens = babi_tokenize(question)
-            tokens = [token for sentence in story for token in sentence] + question_tokens
-            examples.append(
-                BabiExample(tuple(tokens), answer.strip().lower(), len(question_tokens))
-            )
-        else:
-            story.append(babi_tokenize(body))
-    return examples
-
-
-def find_babi_files(data_dir: str) -> tuple[str, dict[str, dict[str, str]]]:
-    """(folder, {task name: {split: path}}) of the 40 task files; one-line DataError if absent."""
-    if not data_dir or not os.path.isdir(data_dir):
-        raise DataError(f"data.dir={data_dir!r} is not a directory; {_BABI_HINT}")
-    candidates = [os.path.join(data_dir, sub) for sub in BABI_SUBFOLDERS] + [data_dir]
-    folder = next(
-        (path for path in candidates if glob.glob(os.path.join(glob.escape(path), "qa*_*.txt"))),
-        data_dir,
-    )
-    files: dict[str, dict[str, str]] = {}
-    for number in range(1, BABI_NUM_TASKS + 1):
-        paths = {}
-        for split in SPLITS:
-            pattern = os.path.join(glob.escape(folder), f"qa{number}_*_{split}.txt")
-            matches = sorted(glob.glob(pattern))
-            if len(matches) != 1:
-                found = "none" if not matches else ", ".join(os.path.basename(m) for m in matches)
-                raise DataError(
-                    f"data.dir={data_dir!r}: expected one file qa{number}_*_{split}.txt in "
-                    f"{folder}, found {found}; {_BABI_HINT}"
-                )
-            paths[split] = matches[0]
-        name = os.path.basename(paths["train"])[: -len("_train.txt")]
-        files[name] = paths
-    return folder, files
-
-
-def _read_babi(path: str) -> list[BabiExample]:
-    """The examples of one file, or a one-line DataError."""
-    try:
-        with open(path, encoding="utf-8") as babi_file:
-            text = babi_file.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(
-            f"bAbI file {path} is unreadable ({type(err).__name__}); {_BABI_HINT}"
-        ) from err
-    examples = parse_babi(text, path=path)
-    if not examples:
-        raise DataError(f"bAbI file {path} has no questions; {_BABI_HINT}")
-    return examples
-
-
-def babi_vocab(examples: Sequence[BabiExample]) -> tuple[str, ...]:
-    """PAD, ANSWER, then every word and answer of the examples, sorted."""
-    words = {token for example in examples for token in example.tokens}
-    words |= {example.answer for example in examples}
-    return (BABI_PAD, BABI_ANSWER, *sorted(words))
-
-
-def babi_arrays(
-    examples_per_task: Sequence[Sequence[BabiExample]],
-    word_ids: Mapping[str, int],
-    *,
-    max_tokens: int,
-) -> dict[str, np.ndarray]:
-    """Padded token ids of every example, tasks concatenated, with per-task offsets and counts.
-
-    tokens (N, max_tokens): the last max_tokens of story + question + ANSWER, right-padded with
-    PAD (0); lengths (N,) real tokens; answers (N,) answer ids; offsets and counts (K,).
-    """
-    dtype = np.uint8 if len(word_ids) <= 256 else np.int32
-    rows, lengths, answers, counts = [], [], [], []
-    for examples in examples_per_task:
-        counts.append(len(examples))
-        for example in examples:
-            ids = [word_ids[token] for token in example.tokens] + [word_ids[BABI_ANSWER]]
-            ids = ids[-max_tokens:]
-            rows.append(ids + [0] * (max_tokens - len(ids)))
-            lengths.append(len(ids))
-            answers.append(word_ids[example.answer])
-    counts_K = np.asarray(counts, np.int32)
-    return {
-        "tokens": np.asarray(rows, dtype),
-        "lengths": np.asarray(lengths, np.int32),
-        "answers": np.asarray(answers, np.int32),
-        "offsets": (np.cumsum(counts_K) - counts_K).astype(np.int32),
-        "counts": counts_K,
-    }
-
-
 def sample_babi(
     rng: jax.Array,
     task: jax.Array,
@@ -609,16 +471,14 @@ def sample_babi(
     index_B = data["offsets"][task] + jax.random.randint(
         rng, (batch_size,), 0, data["counts"][task]
     )
-    tokens_BxT = data["tokens"][index_B].astype(jnp.int32)
     lengths_B = data["lengths"][index_B]
-    steps = tokens_BxT.shape[1]
-    answer_step_BxT = jnp.arange(steps)[None, :] == (lengths_B - 1)[:, None]
-    inputs_BxTxI = jax.nn.one_hot(tokens_BxT, vocab_size, dtype=jnp.float32)
-    inputs_BxTxI = inputs_BxTxI * (tokens_BxT > 0)[..., None].astype(jnp.float32)
+    inputs_BxTxI, targets_BxT, weights_BxT = encode_babi(
+        data["tokens"][index_B], lengths_B, data["answers"][index_B], vocab_size=vocab_size
+    )
     return TaskBatch(
         inputs_BxTxI=inputs_BxTxI,
-        targets=jnp.where(answer_step_BxT, data["answers"][index_B][:, None], 0).astype(jnp.int32),
-        weights_BxT=answer_step_BxT.astype(jnp.float32),
+        targets=targets_BxT,
+        weights_BxT=weights_BxT,
         lengths_B=lengths_B.astype(jnp.float32),
     )
 
@@ -626,38 +486,20 @@ def sample_babi(
 def build_babi_family(config: ml_collections.ConfigDict) -> TaskFamily:
     """The 20-task bAbI family of Sec. 5.3 from the files in config.data.dir."""
     max_tokens = _positive("data.max_tokens", config.data.max_tokens, 2)
-    folder, files = find_babi_files(config.data.dir)
-    examples = {split: [_read_babi(paths[split]) for paths in files.values()] for split in SPLITS}
-    vocab = babi_vocab([e for split in SPLITS for task in examples[split] for e in task])
-    word_ids = {word: index for index, word in enumerate(vocab)}
-    question_len = max(e.question_len for split in SPLITS for task in examples[split] for e in task)
-    if question_len + 1 > max_tokens:
-        raise ConfigError(
-            f"data.max_tokens={max_tokens} cannot hold the longest question plus the ANSWER token "
-            f"({question_len + 1} tokens); raise it"
-        )
-    arrays = {
-        split: babi_arrays(examples[split], word_ids, max_tokens=max_tokens) for split in SPLITS
-    }
-    variant = os.path.basename(os.path.normpath(folder))
-    variant = variant if variant in BABI_SUBFOLDERS else "files directly in data.dir"
-    counts = {split: int(arrays[split]["counts"].sum()) for split in SPLITS}
+    babi = load_babi(config.data.dir, max_tokens=max_tokens)
     return TaskFamily(
         kind="babi",
-        task_names=tuple(files),
-        target_task=len(files) - 1,
-        input_size=len(vocab),
-        output_size=len(vocab),
+        task_names=babi.task_names,
+        target_task=len(babi.task_names) - 1,
+        input_size=babi.vocab_size,
+        output_size=babi.vocab_size,
         likelihood="categorical",
         seq_len=max_tokens,
-        data_source=(
-            f"bAbI task files in {folder} ({variant}): {counts['train']:,} train and "
-            f"{counts['test']:,} test questions, vocabulary {len(vocab)} (with PAD and ANSWER)"
-        ),
+        data_source=babi.description,
         unit="answer",
-        train_data=arrays["train"],
-        test_data=arrays["test"],
-        params={"vocab": vocab, "pad_id": 0, "answer_id": word_ids[BABI_ANSWER]},
+        train_data=babi.arrays["train"],
+        test_data=babi.arrays["test"],
+        params={"vocab": babi.vocab, "pad_id": 0, "answer_id": babi.answer_id},
     )
 
 

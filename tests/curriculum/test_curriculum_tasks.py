@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import shutil
 from pathlib import Path
 
 import jax
@@ -15,6 +14,10 @@ from ml_collections import ConfigDict
 from deepgen.core.errors import ConfigError, DataError
 from deepgen.curriculum import tasks
 from deepgen.data import text8
+from deepgen.data.babi import load_babi
+
+# The bAbI writer lives with the parsing tests; test_curriculum_method.py imports it from here.
+from tests.data.test_babi import DANIEL_TOKENS, write_babi
 
 CORPUS_CHARS = 20_000
 NGRAM_SEQ_LEN = 150
@@ -314,64 +317,6 @@ def test_repeat_copy_task_mapping():
 # bAbI
 # ----------------------------------------------------------------------------------------------
 
-QA1_TRAIN = """1 Mary moved to the bathroom.
-2 John went to the hallway.
-3 Where is Mary? \tbathroom\t1
-4 Daniel went back to the hallway.
-5 Where is Daniel? \thallway\t4
-1 Sandra journeyed to the garden.
-2 Where is Sandra? \tgarden\t1
-"""
-QA19_TRAIN = """1 The kitchen is north of the hallway.
-2 The garden is south of the kitchen.
-3 How do you go from the hallway to the garden?\tn,s\t1 2
-"""
-OTHER_STORY = """1 The cat is {color}.
-2 Is the cat {color}?\t{answer}\t1
-"""
-DANIEL_TOKENS = [
-    "mary",
-    "moved",
-    "to",
-    "the",
-    "bathroom",
-    ".",
-    "john",
-    "went",
-    "to",
-    "the",
-    "hallway",
-    ".",
-    "daniel",
-    "went",
-    "back",
-    "to",
-    "the",
-    "hallway",
-    ".",
-    "where",
-    "is",
-    "daniel",
-    "?",
-    "<answer>",
-]
-
-
-def write_babi(folder: Path) -> Path:
-    """All 40 task files in the standard names, with tiny stories in the real format."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for number, name in enumerate(tasks.BABI_TASK_NAMES, start=1):
-        for split in ("train", "test"):
-            if number == 1 and split == "train":
-                text = QA1_TRAIN
-            elif number == 19:
-                text = QA19_TRAIN
-            else:
-                color = "red" if split == "train" else "blue"
-                text = OTHER_STORY.format(color=color, answer="yes" if number % 2 else "no")
-            (folder / f"{name}_{split}.txt").write_text(text)
-    return folder
-
 
 def babi_config(data_dir: Path | str, max_tokens: int = 32) -> ConfigDict:
     data = dict(dir=str(data_dir), source="auto", max_tokens=max_tokens)
@@ -393,37 +338,21 @@ def decode_row(family: tasks.TaskFamily, ids) -> list[str]:
     return [vocab[i] for i in np.asarray(ids) if i != 0]
 
 
-def test_babi_family_fields_and_tokens(babi_family):
+def test_babi_family_fields_and_tokens(babi_family, babi_dir):
+    """The family wraps deepgen.data.babi (whose parsing tests are in tests/data/test_babi.py)."""
     family = babi_family
     assert family.task_names == tasks.BABI_TASK_NAMES and family.target_task == 19
     vocab = family.params["vocab"]
     assert vocab[:2] == ("<pad>", "<answer>") and list(vocab[2:]) == sorted(vocab[2:])
+    assert family.params["answer_id"] == 1 and family.params["pad_id"] == 0
     assert family.input_size == family.output_size == len(vocab)
     assert (family.seq_len, family.unit, family.likelihood) == (32, "answer", "categorical")
-    data = family.train_data
-    np.testing.assert_array_equal(data["counts"][:2], [3, 1])
-    np.testing.assert_array_equal(data["offsets"][:3], [0, 3, 4])
-    # Second question of task 1: the story so far (question lines left out), then the question.
-    assert decode_row(family, data["tokens"][1]) == DANIEL_TOKENS
-    assert data["lengths"][1] == len(DANIEL_TOKENS)
-    assert vocab[data["answers"][1]] == "hallway"
-    assert decode_row(family, data["tokens"][2]) == [
-        "sandra",
-        "journeyed",
-        "to",
-        "the",
-        "garden",
-        ".",
-        "where",
-        "is",
-        "sandra",
-        "?",
-        "<answer>",
-    ]
-    # "n,s" is one answer token.
-    qa19 = data["offsets"][18]
-    assert vocab[data["answers"][qa19]] == "n,s" and "n,s" in vocab
-    assert decode_row(family, data["tokens"][qa19])[-3:] == ["garden", "?", "<answer>"]
+    data = load_babi(str(babi_dir), max_tokens=32)
+    assert data.vocab == vocab and family.data_source == data.description
+    for split, arrays in (("train", family.train_data), ("test", family.test_data)):
+        for name, array in data.arrays[split].items():
+            np.testing.assert_array_equal(arrays[name], array)
+    assert decode_row(family, family.train_data["tokens"][1]) == DANIEL_TOKENS
 
 
 def test_babi_batch(babi_family):
@@ -454,39 +383,22 @@ def test_babi_batch(babi_family):
     assert babi_family.params["vocab"][test_tokens[0, 3]] == "blue"
 
 
-def test_babi_truncation_keeps_last_tokens(babi_family, babi_dir):
-    word_ids = {word: i for i, word in enumerate(babi_family.params["vocab"])}
-    examples = tasks.parse_babi(QA1_TRAIN)
-    arrays = tasks.babi_arrays([examples], word_ids, max_tokens=8)
-    assert arrays["tokens"].shape == (3, 8)
-    assert decode_row(babi_family, arrays["tokens"][1]) == DANIEL_TOKENS[-8:]
-    np.testing.assert_array_equal(arrays["lengths"], [8, 8, 8])
-    assert decode_row(babi_family, arrays["tokens"][0])[-4:] == ["is", "mary", "?", "<answer>"]
+def test_babi_family_reports_data_errors(tmp_path, babi_dir):
     # The longest question (qa19: 11 words) plus ANSWER must fit.
     with pytest.raises(ConfigError) as caught:
         tasks.build_family(babi_config(babi_dir, max_tokens=11))
     assert_one_line(caught.value, "data.max_tokens=11", "12 tokens")
-
-
-def test_babi_missing_data(tmp_path, babi_dir):
+    with pytest.raises(ConfigError) as caught:
+        tasks.build_family(babi_config(babi_dir, max_tokens=1))
+    assert_one_line(caught.value, "data.max_tokens", ">= 2")
     with pytest.raises(DataError) as caught:
         tasks.build_family(babi_config(tmp_path / "absent"))
     assert_one_line(caught.value, "data.dir", "bAbI v1.2", "cannot be downloaded")
-    with pytest.raises(DataError) as caught:
-        tasks.build_family(babi_config(""))
-    assert_one_line(caught.value, "data.dir")
-    broken = shutil.copytree(babi_dir, tmp_path / "broken")
-    (broken / "qa7_counting_test.txt").unlink()
-    with pytest.raises(DataError) as caught:
-        tasks.build_family(babi_config(broken))
-    assert_one_line(caught.value, "qa7_*_test.txt", str(broken))
 
 
 def test_babi_prefers_en_10k(tmp_path):
     write_babi(tmp_path / "en")
     write_babi(tmp_path / "en-10k")
-    folder, files = tasks.find_babi_files(str(tmp_path))
-    assert folder == str(tmp_path / "en-10k") and len(files) == 20
     family = tasks.build_family(babi_config(tmp_path))
     assert "(en-10k)" in family.data_source
 
