@@ -76,3 +76,10 @@ done
 # utterance, which needs the pysptk sdist in the venv's share/deepgen/sdists).
 timeout 240 python3 benchmarks/parallel_wavenet_speed.py --batch 16 \
   --out=${OUT:-/tmp}/parallel_wavenet_speed.json 2>&1 | grep -E "^[|]|^targets|^device|Error|error" | tee -a "$LOG"
+# SAM (Rae et al. 2016, Fig. 1) at the paper's sizes (LSTM 100, M = 32, R = K = 4, batch 8, T =
+# 100): one forward and backward pass against N = 1e3 .. 1e6, the dense NTM and DAM (extrapolated
+# past the memory budget) against SAM with the exact and blocked device searches (the host index
+# and the PyTorch peer are CPU-only), and the compiled temp bytes against T.
+timeout 300 python3 benchmarks/sam_scaling.py --labels ntm,dam,sam_exact,sam_blocked --memory_batch 8 \
+  --dense_extra 2e4 --step_sweep 10,100,200 --repeats 3 --time_budget 20 --max_call_s 20 --no_forward \
+  --memory_budget_gb 60 --out=${OUT:-/tmp}/sam_scaling.json 2>&1 | grep -E "^[|]|^target|^device|Error|error" | tee -a "$LOG"

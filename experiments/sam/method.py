@@ -445,7 +445,35 @@ class SAM(Method):
         )
         if config.task == "associative_recall":
             summary.update(self._generalisation(state, level, num=num, quick=quick))
+        if config.task == "omniglot":
+            summary["error_rate_by_instance"] = self._errors_by_instance(state, batches)
         return summary
+
+    def _errors_by_instance(self, state: SamState, batches: list[tasks.TaskBatch]) -> list:
+        """Label error rate at the n-th showing of a character in its episode (n = 1, 2, ...).
+
+        The first showing can only be guessed; later ones measure one-shot learning (Santoro et
+        al. 2016 report these accuracies).
+        """
+        logits_fn = self.jitted("logits", self.network.apply)
+        wrong = np.zeros(int(self.config.data.instances_per_class))
+        count = np.zeros_like(wrong)
+        for batch in batches:
+            logits = np.asarray(logits_fn(state.params, batch.inputs_BxTxI))
+            labels = np.asarray(batch.targets_BxTxO)
+            mask = np.asarray(batch.mask_BxT) > 0
+            same_BxTxT = labels[:, :, None] == labels[:, None, :]
+            earlier_TxT = np.tril(np.ones((labels.shape[1],) * 2, bool))
+            shown_BxT = (same_BxTxT & earlier_TxT & mask[:, None, :]).sum(-1)  # 1 = first
+            wrong_BxT = logits.argmax(-1) != labels
+            for n in range(len(wrong)):
+                at = mask & (shown_BxT == n + 1)
+                wrong[n] += wrong_BxT[at].sum()
+                count[n] += at.sum()
+        return [
+            {"instance": n + 1, "error_rate": float(w / c) if c else None, "count": int(c)}
+            for n, (w, c) in enumerate(zip(wrong, count, strict=True))
+        ]
 
     def _generalisation(self, state: SamState, level: int, *, num: int, quick: bool) -> dict:
         """Error rates at longer recall lengths; the longest answered within the allowed error."""

@@ -178,6 +178,11 @@ def test_omniglot_one_shot_trains_and_evaluates_on_unseen_characters(tmp_path):
     chance = level * config.data.instances_per_class * math.log2(level)
     assert report["baseline"]["cost_bits_per_sequence"] == pytest.approx(chance)
     assert 0 <= report["error_rate"] <= 1
+    # Every scored label is the n-th showing of its character for one n in 1..instances.
+    by_instance = report["error_rate_by_instance"]
+    assert [row["instance"] for row in by_instance] == [1, 2]
+    assert sum(row["count"] for row in by_instance) == report["scored_outputs"]
+    assert by_instance[0]["count"] == level * report["num_sequences"]  # each character once
 
 
 @pytest.mark.parametrize(
