@@ -82,12 +82,6 @@ def sparse_read(
     return reads_RxM, weights_RxK
 
 
-def _erase_row(memory_NxM: jax.Array, row: jax.Array) -> jax.Array:
-    # dynamic_update_slice, not a scatter: its transpose needs no N-sized residual.
-    zeros_1xM = jnp.zeros((1, memory_NxM.shape[1]), memory_NxM.dtype)
-    return lax.dynamic_update_slice(memory_NxM, zeros_1xM, (row, jnp.zeros_like(row)))
-
-
 def sparse_write(
     memory_NxM: jax.Array,
     *,
@@ -96,16 +90,22 @@ def sparse_write(
     lra_index: jax.Array,
     write_word_M: jax.Array,
 ) -> jax.Array:
-    """Eqs. 5 and 8: erase row lra_index, then scatter-add w_j a^T at the J indices.
+    """Eqs. 5 and 8: erase row lra_index, then add w_j a^T at the J indices (duplicates add).
 
-    Duplicate indices add. Bit-for-bit equal to dense_write_sam with the weights scattered into
-    an N-vector when the indices are distinct; with duplicates the two differ by rounding
-    ((w1 + w2) a against w1 a + w2 a).
+    One scatter-add whose first update is minus the LRA row's old content (the erase), then the
+    writes. As one scatter, reverse mode carries the memory's cotangent through the loop in place;
+    erasing with a dynamic_update_slice before the scatter made XLA copy the whole N x M
+    cotangent twice per backward step (O(N M) per step; measured by benchmarks/sam_scaling.py).
+    On the CPU the updates apply in order, so the erased row is exactly zero before it is written
+    and the result equals dense_write_sam bit for bit when the indices are distinct; where a
+    scatter's duplicate updates apply in any order (GPU atomics) it equals it to rounding.
     """
     lra_index = lax.stop_gradient(jnp.asarray(lra_index, jnp.int32))
     write_indices_J = lax.stop_gradient(write_indices_J)
-    erased_NxM = _erase_row(memory_NxM, lra_index)
-    return erased_NxM.at[write_indices_J].add(write_weights_J[:, None] * write_word_M[None, :])
+    old_1xM = lax.dynamic_slice_in_dim(memory_NxM, lra_index, 1, axis=0)
+    indices = jnp.concatenate([lra_index[None], write_indices_J])
+    updates = jnp.concatenate([-old_1xM, write_weights_J[:, None] * write_word_M[None, :]])
+    return memory_NxM.at[indices].add(updates)
 
 
 def dense_write_sam(

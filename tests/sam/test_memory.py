@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepgen.sam import memory, search
+from deepgen.sam import interface, memory, search
 from deepgen.sam.interface import MemorySpec
 
 EPS = memory.NORM_EPSILON
@@ -417,3 +417,22 @@ def test_sam_backward_pass_memory_does_not_grow_with_n_times_t():
     # O(N*T*M) residuals would add word_bytes per step: 70 * 512 KiB = 35 MiB here.
     assert long - short < 0.05 * word_bytes * 70, (short, long)
     assert long < 4 * word_bytes, (short, long)
+
+
+def test_the_backward_pass_does_not_copy_the_memory_per_step():
+    """XLA keeps the memory's cotangent in place through the reverse loop (O(K M) per step).
+
+    An erase written as a dynamic_update_slice before the scatter made XLA copy the N x M
+    cotangent twice per backward step; only the initial zeros may be copied, outside the loop.
+    """
+    spec = MemorySpec(kind="sam", num_words=4099, word_size=8, num_heads=2, num_reads=2)
+    core = interface.core("sam")
+
+    def loss(interface_TxP):
+        _, reads = jax.lax.scan(lambda s, p: core.step(spec, s, p), core.init(spec), interface_TxP)
+        return jnp.sum(reads**2)
+
+    inputs = jnp.ones((6, core.interface_size(spec)), jnp.float32)
+    text = jax.jit(jax.grad(loss)).lower(inputs).compile().as_text()
+    copies = [line for line in text.splitlines() if "= f32[4099,8]" in line and " copy(" in line]
+    assert len(copies) <= 1, copies
