@@ -232,8 +232,8 @@ def omniglot_smoke() -> ConfigDict:
     config = _smoke(omniglot_cpu())
     config.data.num_labels = 4
     config.data.instances_per_class = 2
-    config.curriculum.initial_level = 2
-    config.curriculum.max_level = 4
+    config.curriculum.initial_level = 2  # one padded length: one compilation of the step
+    config.curriculum.max_level = 2
     return config
 
 

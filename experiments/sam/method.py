@@ -368,9 +368,12 @@ class SAM(Method):
             f"score_{network.spec.num_words}",
             functools.partial(self._scores_per_sequence, network=network),
         )
-        costs, errors, outputs = [], 0.0, 0.0
+        costs, errors, outputs, predicted = [], 0.0, 0.0, []
         for batch in batches:
-            cost_B, errors_B, outputs_B, real_B = jax.device_get(score(params, batch))
+            cost_B, errors_B, outputs_B, real_B, predicted_BxT = jax.device_get(
+                score(params, batch)
+            )
+            predicted.append(predicted_BxT)
             costs.append(cost_B[real_B > 0])
             errors += float(errors_B.sum())
             outputs += float(outputs_B.sum())
@@ -383,6 +386,7 @@ class SAM(Method):
             "error_rate": errors / max(outputs, 1.0),
             "num_sequences": len(cost_N),
             "scored_outputs": outputs,
+            "predicted": predicted,
         }
 
     def _scores_per_sequence(self, params: Any, batch: tasks.TaskBatch, *, network: Any = None):
@@ -392,6 +396,7 @@ class SAM(Method):
             tasks.sequence_errors(logits, batch),
             tasks.scored_outputs(batch),
             (batch.mask_BxT.sum(-1) > 0).astype(jnp.float32),
+            jnp.argmax(logits, axis=-1).astype(jnp.int32),  # the label, for classification
         )
 
     def evaluate(self, state: SamState, *, step: int, quick: bool, progress: Any) -> dict:
@@ -422,6 +427,7 @@ class SAM(Method):
             data=data,
         )
         scores = self._score_batches(state.params, batches)
+        predicted = scores.pop("predicted")
         counted_per_sequence = scores["scored_outputs"] / scores["num_sequences"]
         if tasks.is_classification(self.params_task):
             chance_bits = counted_per_sequence * math.log2(level)
@@ -446,34 +452,10 @@ class SAM(Method):
         if config.task == "associative_recall":
             summary.update(self._generalisation(state, level, num=num, quick=quick))
         if config.task == "omniglot":
-            summary["error_rate_by_instance"] = self._errors_by_instance(state, batches)
+            summary["error_rate_by_instance"] = errors_by_instance(
+                batches, predicted, int(config.data.instances_per_class)
+            )
         return summary
-
-    def _errors_by_instance(self, state: SamState, batches: list[tasks.TaskBatch]) -> list:
-        """Label error rate at the n-th showing of a character in its episode (n = 1, 2, ...).
-
-        The first showing can only be guessed; later ones measure one-shot learning (Santoro et
-        al. 2016 report these accuracies).
-        """
-        logits_fn = self.jitted("logits", self.network.apply)
-        wrong = np.zeros(int(self.config.data.instances_per_class))
-        count = np.zeros_like(wrong)
-        for batch in batches:
-            logits = np.asarray(logits_fn(state.params, batch.inputs_BxTxI))
-            labels = np.asarray(batch.targets_BxTxO)
-            mask = np.asarray(batch.mask_BxT) > 0
-            same_BxTxT = labels[:, :, None] == labels[:, None, :]
-            earlier_TxT = np.tril(np.ones((labels.shape[1],) * 2, bool))
-            shown_BxT = (same_BxTxT & earlier_TxT & mask[:, None, :]).sum(-1)  # 1 = first
-            wrong_BxT = logits.argmax(-1) != labels
-            for n in range(len(wrong)):
-                at = mask & (shown_BxT == n + 1)
-                wrong[n] += wrong_BxT[at].sum()
-                count[n] += at.sum()
-        return [
-            {"instance": n + 1, "error_rate": float(w / c) if c else None, "count": int(c)}
-            for n, (w, c) in enumerate(zip(wrong, count, strict=True))
-        ]
 
     def _generalisation(self, state: SamState, level: int, *, num: int, quick: bool) -> dict:
         """Error rates at longer recall lengths; the longest answered within the allowed error."""
@@ -496,6 +478,7 @@ class SAM(Method):
             )
             length = max(tasks.min_level(self.params_task), round(factor * level))
             scores = self._score_batches(state.params, batches, network=network)
+            del scores["predicted"]
             table.append({"items": length, "factor": factor, **scores})
             if scores["error_rate"] <= float(config.eval.generalisation_max_error):
                 best = max(best, length)
@@ -517,7 +500,7 @@ class SAM(Method):
         names = list(self.babi_data.task_names)
         wrong, count, costs = np.zeros(len(names)), np.zeros(len(names)), []
         for batch, task_B in batches:
-            cost_B, errors_B, _, real_B = jax.device_get(score(state.params, batch))
+            cost_B, errors_B, _, real_B, _ = jax.device_get(score(state.params, batch))
             real = task_B >= 0
             np.add.at(wrong, task_B[real], errors_B[real])
             np.add.at(count, task_B[real], 1)
@@ -591,6 +574,32 @@ class SAM(Method):
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
         return {"answers": path}
+
+
+def errors_by_instance(
+    batches: list[tasks.TaskBatch], predicted: list[np.ndarray], instances: int
+) -> list[dict]:
+    """Label error rate at the n-th showing of a character in its episode (n = 1, 2, ...).
+
+    The first showing can only be guessed; later ones measure one-shot learning (Santoro et al.
+    2016 report these accuracies).
+    """
+    wrong, count = np.zeros(instances), np.zeros(instances)
+    for batch, predicted_BxT in zip(batches, predicted, strict=True):
+        labels = np.asarray(batch.targets_BxTxO)
+        mask = np.asarray(batch.mask_BxT) > 0
+        same_BxTxT = labels[:, :, None] == labels[:, None, :]
+        earlier_TxT = np.tril(np.ones((labels.shape[1],) * 2, bool))
+        shown_BxT = (same_BxTxT & earlier_TxT & mask[:, None, :]).sum(-1)  # 1 = first showing
+        wrong_BxT = predicted_BxT != labels
+        for n in range(instances):
+            at = mask & (shown_BxT == n + 1)
+            wrong[n] += wrong_BxT[at].sum()
+            count[n] += at.sum()
+    return [
+        {"instance": n + 1, "error_rate": float(w / c) if c else None, "count": int(c)}
+        for n, (w, c) in enumerate(zip(wrong, count, strict=True))
+    ]
 
 
 def save_sequences_png(path: str, batch: tasks.TaskBatch, logits: np.ndarray, *, title: str) -> str:
