@@ -461,10 +461,13 @@ def ntm_shift(weights_HxN: jax.Array, shifts_HxS: jax.Array) -> jax.Array:
 
 
 def ntm_sharpen(weights_HxN: jax.Array, sharpening_H: jax.Array) -> jax.Array:
-    """w^gamma / sum_j w(j)^gamma (NTM Eq. 9); weights below the dtype's tiny are raised to it."""
+    """w^gamma / sum_j w(j)^gamma (NTM Eq. 9), normalised in log space; weights below tiny count as tiny.
+
+    As a softmax of gamma log w, no power underflows to an all-zero row (0 / 0 = NaN once gamma
+    is large and the largest weight small, which stopped NTM runs on recall_cpu at step 5,754).
+    """
     tiny = jnp.finfo(weights_HxN.dtype).tiny
-    powered_HxN = jnp.exp(sharpening_H[:, None] * jnp.log(jnp.maximum(weights_HxN, tiny)))
-    return powered_HxN / jnp.sum(powered_HxN, axis=-1, keepdims=True)
+    return jax.nn.softmax(sharpening_H[:, None] * jnp.log(jnp.maximum(weights_HxN, tiny)), axis=-1)
 
 
 def ntm_address(memory_NxM: jax.Array, head: NtmHead, previous_HxN: jax.Array) -> jax.Array:
