@@ -1,7 +1,7 @@
 """The core loop's guarantees, tested once on the tiny example method through experiments.main.
 
 Resume equals an uninterrupted run, SIGTERM saves a checkpoint that resumes, one device gives
-the numbers of eight, two processes (jax.distributed on localhost) the numbers of one, and
+the numbers of several, two processes (jax.distributed on localhost) the numbers of one, and
 FSDP the numbers of data parallelism. Every method trains in this loop (tests/experiments/
 test_contract.py), so these hold for all of them.
 """
@@ -52,7 +52,7 @@ def assert_same_losses(workdir: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
-    """12 steps on the 8 fake devices, in this process."""
+    """12 steps on the fake devices of tests/conftest.py, in this process."""
     workdir = tmp_path_factory.mktemp("reference")
     assert entry.run(["main", *train_args(workdir)]) == 0
     return workdir
@@ -69,7 +69,7 @@ def test_resume_gives_the_parameters_and_losses_of_an_uninterrupted_run(referenc
     assert train_losses(workdir) == train_losses(reference_run)
 
 
-def test_one_device_gives_the_losses_of_eight(reference_run, tmp_path):
+def test_one_device_gives_the_losses_of_several(reference_run, tmp_path):
     result = run_cli(train_args(tmp_path / "one"), env={"JAX_NUM_CPU_DEVICES": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "on 1 devices" in result.stderr

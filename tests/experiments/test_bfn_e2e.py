@@ -19,7 +19,7 @@ SMOKE = "--config=configs/bfn.py:smoke"
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
-    """The smoke variant's 20 steps with validation every 10, on the 8 fake devices, in this process.
+    """The smoke variant's 20 steps with validation every 10, on the fake devices, in this process.
 
     (Its own step count: test_contract.py's bfn:smoke run compiles the same train step, which the
     persistent compilation cache then shares between the two files.)
