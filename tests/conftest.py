@@ -114,6 +114,8 @@ SLOW_FILES_FIRST = (
     "tests/parallel_wavenet/test_parallel_wavenet_model.py",  # 30 s (session 10, busy machine)
     "tests/parallel_wavenet/test_parallel_wavenet_method.py",  # 25 s
     "tests/vpn/test_vpn_model.py",  # 22 s
+    "tests/sam/test_sam_method.py",  # about 30 s cold (session 11, measured on a busy machine)
+    "tests/sam/test_dnc.py",  # 14 s
 )
 
 
