@@ -68,13 +68,14 @@ def test_fewer_candidates_than_k_fill_with_no_index():
     assert (np.asarray(i)[:, 2] == nn_search.NO_INDEX).all() and np.isinf(np.asarray(d)[:, 2]).all()
 
 
-@pytest.mark.parametrize("mesh_sizes", [{"data": -1, "fsdp": 1}, {"data": 2, "fsdp": -1}])
+@pytest.mark.parametrize("mesh_sizes", [{"data": -1, "fsdp": 1}, {"data": 1, "fsdp": -1}])
 @pytest.mark.parametrize("block_size", [32, 8])
 def test_sharded_search_equals_brute_force(problem, mesh_sizes, block_size):
     queries, table, exclude = problem
     mesh = make_mesh(mesh_sizes)
-    assert mesh.devices.size == 8
-    rows, block = nn_search.padded_table_size(250, num_shards=8, block_size=block_size)
+    shards = mesh.devices.size
+    assert shards == jax.device_count() > 1  # the table is split over the suite's fake devices
+    rows, block = nn_search.padded_table_size(250, num_shards=shards, block_size=block_size)
     padded = np.zeros((rows, 3), np.float32)
     padded[:250] = table[:250]
     sharded = jax.device_put(padded, nn_search.table_sharding(mesh))

@@ -59,8 +59,9 @@ def test_eval_is_the_masked_cross_entropy_in_bits_recomputed_in_numpy():
         params=method.params_task,
     )
     bits, wrong, counted = [], 0.0, 0.0
+    apply = jax.jit(method.network.apply)
     for batch in batches:
-        logits = np.asarray(method.network.apply(state.params, batch.inputs_BxTxI), np.float64)
+        logits = np.asarray(apply(state.params, batch.inputs_BxTxI), np.float64)
         targets, mask = np.asarray(batch.targets_BxTxO), np.asarray(batch.mask_BxT)
         p = 1.0 / (1.0 + np.exp(-logits))
         nats = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
@@ -90,9 +91,11 @@ def test_a_step_trains_on_the_batch_of_its_padded_length_and_the_curriculum_doub
     step = jax.jit(method.train_step)
     # The loss of step 0 is that of the batch drawn at h = 2, padded to level 2's length.
     rng = tasks.train_key(config.seed, 0)
-    batch = method._train_batch(rng, state.curriculum.max_level, 2, None)
+    draw = jax.jit(method._train_batch, static_argnums=2)
+    scores_of = jax.jit(method._scores)
+    batch = draw(rng, state.curriculum.max_level, 2, None)
     assert batch.inputs_BxTxI.shape[1] == tasks.sequence_length(2, method.params_task)
-    scores = method._scores(state.params, batch)
+    scores = scores_of(state.params, batch)
     new_state, metrics = step(state, None, jax.random.key(9))
     expected = float(scores["cost_bits"] / scores["sequences"])
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
@@ -105,8 +108,8 @@ def test_a_step_trains_on_the_batch_of_its_padded_length_and_the_curriculum_doub
     assert levels[-1] == config.curriculum.max_level and levels[0] <= levels[-1]
     # At h = 4 the step runs the level-4 branch: its loss is that of the level-4 batch.
     at = int(new_state.step)
-    batch = method._train_batch(tasks.train_key(config.seed, at), jnp.int32(4), 4, None)
-    scores = method._scores(new_state.params, batch)
+    batch = draw(tasks.train_key(config.seed, at), jnp.int32(4), 4, None)
+    scores = scores_of(new_state.params, batch)
     _, metrics = step(new_state, None, jax.random.key(9))
     np.testing.assert_allclose(
         float(metrics["loss"]), float(scores["cost_bits"] / scores["sequences"]), rtol=1e-5
