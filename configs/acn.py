@@ -142,7 +142,7 @@ def _smoke() -> ConfigDict:
     config.model.pixelcnn_layers = 2
     config.model.pixelcnn_features = 8
     config.train.num_steps = 20
-    config.train.batch_size = 16  # divisible by the 8 fake devices of the tests
+    config.train.batch_size = 16  # divisible by the fake devices of the tests (2; up to 8 devices)
     config.train.log_every = 5
     config.opt.schedule = "constant"  # a resumed run follows the schedule of an uninterrupted one
     config.ckpt.every = 10

@@ -49,7 +49,7 @@ def _smoke() -> ConfigDict:
     config = _mnist_cpu()
     config.model.num_components = 4
     config.train.num_steps = 20
-    config.train.batch_size = 16  # divisible by the 8 fake devices of the tests
+    config.train.batch_size = 16  # divisible by the fake devices of the tests (2; up to 8 devices)
     config.train.log_every = 5
     config.opt.lr = 0.05
     config.opt.schedule = "constant"  # a resumed run follows the schedule of an uninterrupted one

@@ -108,7 +108,7 @@ def _cpu(name: str, data_dir: str) -> ConfigDict:
     config = _base("kanerva")
     config.data.name = name
     config.data.dir = data_dir
-    # [ours] 8 episodes of 32 (256 images; divisible by the tests' 8 fake devices) for 500 steps:
+    # [ours] 8 episodes of 32 (256 images; divisible by the tests' fake devices) for 500 steps:
     # 128,000 images, 32 epochs of the 4,000 embedded digits. Measured on a 2-core machine shared
     # with other jobs: 11 min 25 s (mnist_cpu), 12 min 51 s (omniglot_cpu), 8 min 41 s and
     # 8 min 50 s for their VAEs; about 1.2 s a step against the VAE's 1.0 s.
@@ -150,7 +150,7 @@ def _smoke() -> ConfigDict:
     config.model.encoder_channels = (4, 8)
     config.model.decoder_channels = (8, 4)
     config.train.num_steps = 20
-    config.train.batch_size = 8  # episodes: divisible by the 8 fake devices of the tests
+    config.train.batch_size = 8  # episodes: divisible by the fake devices of the tests (2; up to 8)
     config.train.log_every = 5
     config.opt.schedule = "constant"  # a resumed run follows the schedule of an uninterrupted one
     config.ckpt.every = 10
