@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 from typing import Any
@@ -41,8 +40,6 @@ from deepgen.core.train_state import count_params
 from deepgen.core.validate import Checker
 from deepgen.sam import interface, model, tasks
 from experiments.contract import Method
-
-log = logging.getLogger(__name__)
 
 TASKS = (*tasks.ALGORITHMIC_KINDS, "omniglot", "babi")
 
@@ -74,10 +71,10 @@ def memory_spec(config: ConfigDict) -> interface.MemorySpec:
 
 
 def task_params(config: ConfigDict) -> tasks.TaskParams:
-    """The TaskParams of config.task and config.data (babi has none: it is not generated)."""
+    """The TaskParams of a generated task (config.task and config.data; not bAbI)."""
     d = config.data
     return tasks.TaskParams(
-        kind=str(config.task) if config.task != "babi" else "copy",
+        kind=str(config.task),
         num_bits=int(d.num_bits),
         item_size=int(d.item_size),
         num_outputs=int(d.num_outputs),
@@ -160,7 +157,7 @@ class SAM(Method):
         super().__init__(config, mode=mode)
         self.spec = memory_spec(config)
         self.babi = config.task == "babi"
-        self.params_task = task_params(config)
+        self.params_task = None if self.babi else task_params(config)
         self.omniglot = {}
         if self.babi:
             self.babi_data, self.babi_arrays = tasks.load_babi_arrays(
@@ -202,9 +199,8 @@ class SAM(Method):
         inputs = jnp.zeros((1, 2, self.input_size), jnp.float32)
         params = self.network.init(rng, inputs)
         level = 1 if self.babi else int(self.config.curriculum.initial_level)
-        curriculum = tasks.initial_curriculum(
-            level, params=self.params_task if not self.babi else tasks.TaskParams()
-        )
+        # bAbI has no curriculum: a constant one at level 1 keeps the state's shape.
+        curriculum = tasks.initial_curriculum(level, params=self.params_task or tasks.TaskParams())
         return SamState(
             step=jnp.zeros((), jnp.int32),
             params=params,
