@@ -2,13 +2,35 @@
 
 Each step directory holds two items: `state` (the TrainState, restored with its shardings) and
 `data` (a small JSON dict from the batch iterator), so a resumed run sees the same batches.
+
+In a single process, replicated arrays are written whole from one device: orbax's default
+replica-parallel saving slices each one across its replicas first, and on one host that only adds
+a compiled slice per leaf and device (about 2 s on the first save of a 50-leaf state on 2 CPU
+devices, against 0.07 s without).
 """
 
+import functools
+import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+
+@functools.cache
+def _save_replicated_arrays_whole() -> None:
+    """On one host, orbax saves each replicated array from one device, unsliced (once a process)."""
+    if jax.process_count() > 1:
+        return
+    handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+    absl_logger = logging.getLogger("absl")  # it warns that a handler is overridden
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.setLevel(level)
 
 
 class Checkpointer:
@@ -19,6 +41,7 @@ class Checkpointer:
     ):
         self.directory = os.path.abspath(directory)
         self.save_every = save_every
+        _save_replicated_arrays_whole()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
