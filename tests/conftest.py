@@ -7,6 +7,8 @@ starts with an empty cache.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -22,14 +24,31 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 # the default (3) and runs as fast: on 2 cores a BFN smoke training run took 17.4 s against 22.5 s
 # and a CIFAR smoke eval 12.3 s against 12.9 s (level 0 compiled in 15.8 s but ran that eval in
 # 42 s). Tests compare runs made under the same flags, or float64 references with tolerances.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
-    ).strip()
+#
+# XLA's CPU fusion emitters compile about a quarter slower than its older LLVM emitters and run
+# no faster at these sizes: the init and train-step compiles of four smoke models took 14.7-14.9 s
+# without them against 19.2-19.3 s with them, each step as fast (benchmarks/compile_flags.py).
+# An XLA that does not know a flag aborts at start-up, so the flags are added only once a child
+# process has started JAX with them (in pytest's first process; its workers inherit them).
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=1", "--xla_cpu_use_fusion_emitters=false")
+
+
+def _xla_accepts(flags: str) -> bool:
+    env = {**os.environ, "XLA_FLAGS": flags}
+    probe = [sys.executable, "-c", "import jax; jax.devices('cpu')"]
+    return subprocess.run(probe, env=env, capture_output=True, timeout=120).returncode == 0
+
+
+if os.environ.get("DEEPGEN_TEST_XLA_FLAGS_SET") != "1":
+    _given = os.environ.get("XLA_FLAGS", "")
+    _new = [f for f in TEST_XLA_FLAGS if f.split("=")[0] not in _given]
+    _all = " ".join([_given, *_new]).strip()
+    if _new and not _xla_accepts(_all):
+        _all = " ".join([_given, *[f for f in _new if _xla_accepts(f"{_given} {f}")]]).strip()
+    os.environ["XLA_FLAGS"] = _all
+    os.environ["DEEPGEN_TEST_XLA_FLAGS_SET"] = "1"
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest

@@ -85,7 +85,10 @@ def test_eval_is_the_masked_cross_entropy_in_bits_recomputed_in_numpy():
 
 
 def test_a_step_trains_on_the_batch_of_its_padded_length_and_the_curriculum_doubles():
-    method = smoke()
+    # The NTM's reads are continuous in its inputs. With SAM the train step's cost and this test's
+    # recomputation differed by 2e-4 (relative) under XLA's older CPU emitters, likely a top-K
+    # choice among near-tied words flipped by a last-ulp difference between the two compilations.
+    method = smoke(**{"memory.kind": "ntm"})
     state = method.init_state(jax.random.key(0))
     config = method.config
     step = jax.jit(method.train_step)

@@ -108,7 +108,8 @@ def test_masked_weights_are_ignored_and_get_zero_gradient():
         )
 
     new_state, junk_state, grads = step_and_grads(params, junk)
-    np.testing.assert_array_equal(new_state, junk_state)
+    # The two cell steps are fused apart and may round differently (last ulp); junk would add ~7.
+    np.testing.assert_allclose(new_state, junk_state, rtol=1e-13, atol=0)
     assert np.all(np.asarray(grads["w_h"])[np.asarray(masks["w_h"]) == 0] == 0)
 
 
