@@ -6,10 +6,14 @@ test (a smoke model's train step, say) is loaded, not recompiled, by the next. A
 starts with an empty cache.
 """
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Two fake devices: every sharded path (data parallel, FSDP, batch splitting) runs on a real mesh,
@@ -47,11 +51,6 @@ if os.environ.get("DEEPGEN_TEST_XLA_FLAGS_SET") != "1":
         _all = " ".join([_given, *[f for f in _new if _xla_accepts(f"{_given} {f}")]]).strip()
     os.environ["XLA_FLAGS"] = _all
     os.environ["DEEPGEN_TEST_XLA_FLAGS_SET"] = "1"
-
-import json
-import time
-
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
