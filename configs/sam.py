@@ -142,8 +142,14 @@ def babi() -> ConfigDict:
 
 
 def _cpu(config: ConfigDict, *, num_steps: int) -> ConfigDict:
-    """Small memories and a fast learning rate: minutes on 2 cores."""
-    config.memory.num_words = 32
+    """Small memories and a fast learning rate: minutes on 2 cores.
+
+    128 words for every memory kind. SAM writes to the least recently accessed word, and each of
+    its R heads touches K words per read (4 x 4 = 16 per step here). With 32 words SAM copied
+    16-item sequences with 9% of bits wrong after 10,000 steps (3 seeds), with 128 words 0.5%
+    (seed 0): we read it as the LRA word being, with 32 words, often one still holding an item.
+    """
+    config.memory.num_words = 128
     config.memory.word_size = 16
     config.memory.num_heads = 4  # as the paper; with 2, SAM learnt copy on 1 seed of 3 here
     config.model.hidden_size = 100
@@ -173,7 +179,8 @@ def recall_cpu() -> ConfigDict:
     config.curriculum.initial_level = 2
     config.curriculum.max_level = 16
     config.eval.generalisation_factors = (2.0, 4.0, 10.0)
-    config.eval.generalisation_num_words = 512  # 160 items need more than the 32 trained on
+    # 160 items (320 steps) need room beyond the words that 16 reads a step keep fresh.
+    config.eval.generalisation_num_words = 4096
     return config
 
 
