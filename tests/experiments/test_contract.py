@@ -36,12 +36,8 @@ SMOKE_VARIANTS = [
     ("curriculum", "smoke", True),
     ("bytenet", "smoke", True),  # translation_smoke end to end: tests/bytenet
     ("vpn", "smoke", True),  # push_smoke end to end: tests/vpn
-    ("parallel_wavenet", "teacher_smoke", True),
-    (
-        "sam",
-        "smoke",
-        True,
-    ),  # bAbI and Omniglot end to end: tests/sam  # the student end to end: tests/parallel_wavenet
+    ("parallel_wavenet", "teacher_smoke", True),  # the student end to end: tests/parallel_wavenet
+    ("sam", "smoke", True),  # bAbI and Omniglot end to end: tests/sam
     ("noisynet", "smoke_dqn", True),
     ("noisynet", "smoke_a2c", True),
     ("noisynet", "smoke_atari", False),
