@@ -74,16 +74,21 @@ PATCH = [
 ]
 
 
-def peak_rss_bytes() -> int | None:
-    """VmHWM of this process (the peak resident set since the last reset_peak_rss)."""
+def status_bytes(field: str) -> int | None:
+    """A kB field of /proc/self/status in bytes (None off Linux); also used by sam_scaling.py."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM of this process (the peak resident set since the last reset_peak_rss)."""
+    return status_bytes("VmHWM")
 
 
 def reset_peak_rss() -> bool:

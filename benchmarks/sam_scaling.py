@@ -106,6 +106,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
+from benchmarks.sam_peer_runner import reset_peak_rss, status_bytes  # noqa: E402
 from deepgen.sam import search  # noqa: E402
 from deepgen.sam.interface import MemorySpec  # noqa: E402
 from deepgen.sam.model import MemoryNetwork  # noqa: E402
@@ -244,28 +245,6 @@ def memory_copies(compiled: Any, batch: int, num_words: int) -> dict | None:
 # ---- host memory ----------------------------------------------------------------------------
 
 
-def _status_bytes(field: str) -> int | None:
-    """A kB field of /proc/self/status in bytes (None off Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's VmHWM to its current RSS (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def release_forks() -> None:
     """Free the host indices the last calls forked, keeping the shared base indices."""
     forks = [h for h in search.live_handles() if search.host_index(h).digest is None]
@@ -307,7 +286,7 @@ def measure(
     forward: bool,
 ) -> dict:
     """Compile at batch `batch`; time it unless predicted too slow or too big."""
-    rss_before = _status_bytes("VmRSS")
+    rss_before = status_bytes("VmRSS")
     reset = reset_peak_rss() if jax.default_backend() == "cpu" else False
     compiled, args, stats = compile_step(label, num_words, batch, steps)
     row: dict = {"label": label, "N": num_words, "batch": batch, "steps": steps}
@@ -330,7 +309,7 @@ def measure(
     host = label == "sam_host"
     row.update(time_step(compiled, args, host=host, repeats=repeats, budget_s=budget_s))
     if reset and rss_before is not None:
-        peak = _status_bytes("VmHWM")
+        peak = status_bytes("VmHWM")
         row["peak_rss_growth_bytes"] = None if peak is None else max(0, peak - rss_before)
         row["rss_before_bytes"] = rss_before
     row["memory_copies"] = memory_copies(compiled, batch, num_words)
