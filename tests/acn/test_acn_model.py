@@ -114,7 +114,7 @@ def test_omniglot_and_colour_images_train_and_sample(data_name):
     config.model.num_mixtures = 2
     if data_name == "omniglot":
         if not SHARED_OMNIGLOT.is_dir():
-            pytest.skip(f"no Omniglot zips at {SHARED_OMNIGLOT}")
+            pytest.skip(reason=f"no Omniglot zips at {SHARED_OMNIGLOT}")
         config.data.dir = str(SHARED_OMNIGLOT)
     method = ACN(config, mode="train")
     state = jax.jit(method.init_state)(jax.random.key(0))

@@ -272,7 +272,9 @@ def test_mel_defaults_and_bad_settings() -> None:
 @pytest.fixture(scope="module")
 def shared_corpus() -> speech.SpeechCorpus:
     if not SHARED_SPEECH.is_dir():
-        pytest.skip(f"{SHARED_SPEECH} is absent (it exists only on the project's build machines)")
+        pytest.skip(
+            reason=f"{SHARED_SPEECH} is absent (it exists only on the project's build machines)"
+        )
     return speech.load_shared_speech(SHARED_SPEECH, sample_rate=RATE)
 
 
@@ -358,7 +360,9 @@ def test_bad_options_are_config_errors(kwargs: dict, fragment: str) -> None:
 
 def test_embedded_arctic_utterance_and_its_time_splits() -> None:
     if not Path(speech.embedded_sdist_path()).is_file():
-        pytest.skip(f"no {speech.embedded_sdist_path()}; run `{speech.embedded_install_command()}`")
+        pytest.skip(
+            reason=f"no {speech.embedded_sdist_path()}; run `{speech.embedded_install_command()}`"
+        )
     corpus = speech.load_embedded()
     assert corpus.speakers == ("arctic",) and corpus.sample_rate == 16000
     assert corpus.utterances[0].shape == (64000,) and np.abs(corpus.utterances[0]).max() > 3000

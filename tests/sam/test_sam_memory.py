@@ -412,7 +412,7 @@ def test_sam_backward_pass_memory_does_not_grow_with_n_times_t():
 
     short, long = temp_bytes(10), temp_bytes(80)
     if short is None or long is None:
-        pytest.skip("memory_analysis() is not available on this backend")
+        pytest.skip(reason="memory_analysis() is not available on this backend")
     word_bytes = N * M * 4
     # O(N*T*M) residuals would add word_bytes per step: 70 * 512 KiB = 35 MiB here.
     assert long - short < 0.05 * word_bytes * 70, (short, long)

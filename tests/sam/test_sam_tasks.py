@@ -439,7 +439,7 @@ OMNIGLOT = tasks.TaskParams(kind="omniglot", instances_per_class=3, num_labels=8
 @pytest.fixture(scope="module")
 def omniglot_data() -> tasks.OmniglotData:
     if not (OMNIGLOT_DIR / "images_background_small1.zip").exists():
-        pytest.skip(f"the small Omniglot zips are not in {OMNIGLOT_DIR}")
+        pytest.skip(reason=f"the small Omniglot zips are not in {OMNIGLOT_DIR}")
     return tasks.load_omniglot_data("train", data_dir=OMNIGLOT_DIR, params=OMNIGLOT)
 
 

@@ -96,7 +96,7 @@ def test_gradients_through_gathered_rows_equal_exact():
 @pytest.mark.parametrize("num_devices", [1, 2])
 def test_sharded_nearest_equals_exact(num_devices):
     if jax.device_count() < num_devices:
-        pytest.skip(f"needs {num_devices} devices")
+        pytest.skip(reason=f"needs {num_devices} devices")
     rng = np.random.default_rng(2)
     memory = jnp.asarray(_memory(rng, 256, 8, np.float32))
     queries = jnp.asarray(rng.standard_normal((3, 8)), jnp.float32)
