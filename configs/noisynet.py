@@ -65,8 +65,12 @@ def _base(agent: str) -> ConfigDict:
     config.agent.sigma0 = 0.0
     config.agent.gamma = 0.99
     config.agent.double = agent == "dueling"
-    # Noisy acting: one noise sample per seed shared by its parallel environments (the paper's single
-    # actor; the noise buffer of the common implementations), or one sample per environment.
+    # Acting noise, in every loop (gymnax and Atari; DQN, Dueling and A2C): one sample held between
+    # optimisation steps (the paper, Sec. 3; for A2C that is one rollout, which the learner then
+    # scores with the same sample), shared by the parallel environments (the paper's single actor;
+    # the noise buffer of the common implementations), or with act_noise_per_env one sample per
+    # environment (for A2C: A3C's actor-learner threads, each with its own). Evaluation draws a
+    # fresh sample per action (per evaluated episode with act_noise_per_env).
     config.agent.act_noise_per_env = False
     config.agent.epsilon_start = 1.0
     config.agent.epsilon_end = 0.05

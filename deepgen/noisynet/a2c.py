@@ -13,11 +13,15 @@ emulators on the host.
 
 NoisyNet-A2C (Fortunato et al. 2018, arXiv:1706.10295, Sec. 3.1, NoisyNet-A3C): the dense layers
 of deepgen.noisynet.networks.ActorCritic are noisy (independent Gaussian noise in the paper's A3C
-setting, config.agent.noise_type), the entropy bonus is removed (entropy_coef forced to 0), and one
-noise sample is held fixed for a whole rollout, so that the n-step return is consistent; it is
-resampled before the next rollout, i.e. once per optimisation step. One sample is shared by
-all parallel environments of a rollout ("one noise sample per optimisation step"), and the
-learner's loss uses that same sample. Evaluation acts with noise on, a fresh sample each step.
+setting, config.agent.noise_type), the entropy bonus is removed (entropy_coef forced to 0), and the
+noise is held fixed for a whole rollout, so that the n-step return is consistent; it is
+resampled before the next rollout, i.e. once per optimisation step (the paper: "between
+optimisation steps, the agent acts according to a fixed set of parameters"). By default one
+sample is shared by all parallel environments of a rollout; with agent.act_noise_per_env each
+environment holds its own sample for the rollout, as each of A3C's actor-learner threads held
+its own parameters (`per_env_noise_policy`). Either way the learner's loss and bootstrap values
+for a transition use the sample it was acted with. Evaluation acts with noise on, a fresh
+sample each step (one per evaluation episode with agent.act_noise_per_env).
 
 Episode ends follow gymnax 1.0: a terminated step bootstraps with 0, a truncated (time-limit)
 step bootstraps with V of the true next state, info["final_observation"].
@@ -200,16 +204,42 @@ def _policy_fn(network: Any) -> PolicyFn:
 
 
 def draw_rollout_noise(
-    noise_key: jax.Array, params: Any, noise_type: str, noisy: bool
+    noise_key: jax.Array,
+    params: Any,
+    noise_type: str,
+    noisy: bool,
+    num_envs: int | None = None,
 ) -> jax.Array | None:
-    """The rollout's one N(0, 1) noise sample, drawn once and reused by every forward (None: baseline).
+    """The rollout's N(0, 1) noise: one sample (Z,), or one per env (num_envs, Z); None: baseline.
 
     Drawing it once per rollout instead of once per forward pass saves rollout_len + 1 draws, each
     with a fixed cost far above these small layers on a CPU.
     """
     if not noisy:
         return None
-    return jax.random.normal(noise_key, (network_noise_size(params, noise_type),))
+    size = network_noise_size(params, noise_type)
+    return jax.random.normal(noise_key, (size,) if num_envs is None else (num_envs, size))
+
+
+def per_env_noise_policy(policy: Callable, num_envs: int) -> Callable:
+    """`policy` with one noise sample per environment: (params, obs_NxO, noise_E) -> outputs.
+
+    The N = T * num_envs rows are in (time, env) order, as a flattened rollout and a batch of
+    env observations (T = 1) are; env e's rows are evaluated with noise_E[e] (an (E, Z) draw or E
+    keys), each env's rows as one batch sharing its sample.
+    """
+
+    def policy_per_env(params: Any, obs_NxO: jax.Array, noise_E: Any):
+        rows = obs_NxO.shape[0]
+        if rows % num_envs:
+            raise ValueError(f"{rows} observation rows are not whole steps of {num_envs} envs")
+        obs_TxExO = obs_NxO.reshape(rows // num_envs, num_envs, *obs_NxO.shape[1:])
+        logits_ExTxA, value_ExT = jax.vmap(
+            lambda obs_TxO, noise: policy(params, obs_TxO, noise), in_axes=(1, 0)
+        )(obs_TxExO, noise_E)
+        return jnp.swapaxes(logits_ExTxA, 0, 1).reshape(rows, -1), value_ExT.T.reshape(rows)
+
+    return policy_per_env
 
 
 def rollout(
@@ -269,13 +299,15 @@ def make_a2c_trainer(
     total_updates = num_updates(config)
     noisy = bool(config.agent.noisy)
     noise_type = str(config.agent.noise_type)
+    per_env = noisy and bool(config.agent.get("act_noise_per_env", False))
     gamma = float(config.agent.gamma)
     value_coef = float(config.agent.value_coef)
     entropy_coef = 0.0 if noisy else float(config.agent.entropy_coef)
     num_actions = int(env.action_space(env_params).n)
     if network is None:
         network = make_actor_critic(config, num_actions)
-    policy = _policy_fn(network)
+    shared_policy = _policy_fn(network)
+    policy = per_env_noise_policy(shared_policy, num_envs) if per_env else shared_policy
     optimizer = make_optimizer(config.opt, total_updates)
 
     def init(rng: jax.Array) -> A2CState:
@@ -308,7 +340,9 @@ def make_a2c_trainer(
 
     def update(state: A2CState, _):
         rng, noise_key, rollout_rng = jax.random.split(state.rng, 3)
-        noise = draw_rollout_noise(noise_key, state.params, noise_type, noisy)
+        noise = draw_rollout_noise(
+            noise_key, state.params, noise_type, noisy, num_envs if per_env else None
+        )
         runner, batch = rollout(
             state.params,
             state.runner,
@@ -364,10 +398,14 @@ def make_a2c_trainer(
     def evaluate(state: A2CState, rng: jax.Array, num_episodes: int) -> jax.Array:
         def act(obs_NxO: jax.Array, key: jax.Array) -> jax.Array:
             noise_key, act_key = jax.random.split(key)
-            noise = draw_rollout_noise(noise_key, state.params, noise_type, noisy)
+            episodes = obs_NxO.shape[0]
+            noise = draw_rollout_noise(
+                noise_key, state.params, noise_type, noisy, episodes if per_env else None
+            )
             if mean_weights:  # every draw zero: the layers compute with mu alone
                 noise = jnp.zeros_like(noise)
-            logits_NxA, _ = policy(state.params, obs_NxO, noise)
+            eval_policy = per_env_noise_policy(shared_policy, episodes) if per_env else policy
+            logits_NxA, _ = eval_policy(state.params, obs_NxO, noise)
             return jax.random.categorical(act_key, logits_NxA)
 
         return evaluate_policy(env, env_params, act, rng, num_episodes)
@@ -401,18 +439,35 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
 
     The noise of a rollout comes from one key (`noise_key`), held for the whole rollout: acting,
     the learner's loss and its bootstrap values all use it (one sample per optimisation step).
+    With agent.act_noise_per_env, env e's sample is drawn from the e-th of
+    jax.random.split(noise_key, env.num_envs), and `policy` expects rows in (time, env) order.
     """
     network = make_actor_critic(config, num_actions)
     optimizer = make_optimizer(config.opt, num_updates(config))
     gamma = float(config.agent.gamma)
     value_coef = float(config.agent.value_coef)
-    entropy_coef = 0.0 if bool(config.agent.noisy) else float(config.agent.entropy_coef)
+    noisy = bool(config.agent.noisy)
+    entropy_coef = 0.0 if noisy else float(config.agent.entropy_coef)
+    per_env = noisy and bool(config.agent.get("act_noise_per_env", False))
 
-    def policy(
+    def shared_policy(
         params: Any, obs_BxHxWxS: jax.Array, noise_key: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         """(logits_BxA, value_B) with the noise sample of noise_key shared by the batch."""
         return network.apply(params, obs_BxHxWxS, rngs={"noise": noise_key})
+
+    def env_keys(noise_key: jax.Array, num_envs: int) -> jax.Array:
+        return jax.random.split(noise_key, num_envs)
+
+    def policy(
+        params: Any, obs_BxHxWxS: jax.Array, noise_key: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(logits_BxA, value_B) under the rollout's noise: shared, or env e's own per row."""
+        if not per_env:
+            return shared_policy(params, obs_BxHxWxS, noise_key)
+        num_envs = int(config.env.num_envs)
+        per_env_policy = per_env_noise_policy(shared_policy, num_envs)
+        return per_env_policy(params, obs_BxHxWxS, env_keys(noise_key, num_envs))
 
     def init(rng: jax.Array, obs_example_1xHxWxS: jax.Array) -> A2CLearner:
         params_key, noise_key = jax.random.split(rng)
@@ -420,12 +475,17 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
         return A2CLearner(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
     def act(params: Any, obs_ExHxWxS: jax.Array, noise_key: jax.Array, rng: jax.Array) -> jax.Array:
-        def one_env(obs_HxWxS: jax.Array, key: jax.Array) -> jax.Array:
-            logits_1xA, _ = policy(params, obs_HxWxS[None], noise_key)
+        def one_env(obs_HxWxS: jax.Array, key: jax.Array, env_noise_key: jax.Array) -> jax.Array:
+            logits_1xA, _ = shared_policy(params, obs_HxWxS[None], env_noise_key)
             return jax.random.categorical(key, logits_1xA[0])
 
-        keys_E = jax.random.split(rng, obs_ExHxWxS.shape[0])
-        return jax.vmap(one_env)(obs_ExHxWxS, keys_E).astype(jnp.int32)
+        num_envs = obs_ExHxWxS.shape[0]
+        keys_E = jax.random.split(rng, num_envs)
+        if per_env:  # env e acts with its own sample (evaluation: one per evaluated env)
+            actions_E = jax.vmap(one_env)(obs_ExHxWxS, keys_E, env_keys(noise_key, num_envs))
+        else:
+            actions_E = jax.vmap(one_env, in_axes=(0, 0, None))(obs_ExHxWxS, keys_E, noise_key)
+        return actions_E.astype(jnp.int32)
 
     def act_mean_weights(params: Any, obs_ExHxWxS: jax.Array, rng: jax.Array) -> jax.Array:
         """Actions sampled from the policy of the mean weights mu (no noise)."""

@@ -4,9 +4,14 @@ Acting and learning are the jitted pure pieces of deepgen/noisynet/dqn.py; the e
 the frame-once replay (deepgen/noisynet/atari.py) live on the host in numpy. As in DQN (Mnih et
 al. 2015) and NoisyNet (arXiv:1706.10295, Sec. 3.1 and 4): one optimisation step every
 `agent.env_steps_per_update` agent steps once `agent.learning_starts` transitions were
-collected, a new noise sample per optimisation step, independent noise per action when acting
-(noisy agents act greedily, baselines epsilon-greedily), and evaluation with the noise on over
-`eval.num_episodes` no-op-start episodes, each played to game over (or the frame cap).
+collected, a new noise sample per optimisation step, and evaluation with the noise on over
+`eval.num_episodes` no-op-start episodes, each played to game over (or the frame cap). Noisy
+agents act greedily, baselines epsilon-greedily. Acting noise has the meaning it has in the
+gymnax loop (deepgen/noisynet/trainer.py) and in both A2C loops: "between optimisation steps, the
+agent acts according to a fixed set of parameters" (the paper, Sec. 3): the sample drawn from
+(seed, optimisation step) is held until the next optimisation step, shared by the emulators or
+one per emulator (agent.act_noise_per_env); before learning starts every agent step draws a new
+one. Evaluation draws a fresh sample per action and emulator.
 
 Checkpoints (atari_host.py) hold the LearnerState and, in workdir/replay/host_<env_steps>.npz,
 the replay and the emulators' states, so a resumed run continues exactly; with
@@ -40,7 +45,7 @@ from experiments.noisynet.checks import check_dqn_learner
 
 log = logging.getLogger(__name__)
 
-_ACT, _LEARN, _SAMPLE = 1, 2, 3  # rng streams folded into the config seed
+_ACT, _LEARN, _SAMPLE, _NOISE = 1, 2, 3, 4  # rng streams folded into the config seed
 
 _COMPILED: dict[str, tuple] = {}  # agent-defining config -> (agent, init, act, learn), jitted
 
@@ -104,6 +109,33 @@ class AtariDQN(AtariHostMethod):
     def epsilon(self, env_steps: int) -> float:
         """The baseline's exploration rate; 0 for noisy agents (they ignore it)."""
         return 0.0 if self.noisy else float(self.agent.epsilon(env_steps))
+
+    def acting_noise_key(self, step: int, learn_steps: int, learning: bool) -> jax.Array:
+        """The key of the acting noise at agent step `step`: held between optimisation steps."""
+        held, warm_up = jax.random.split(self.stream(_NOISE))
+        if learning:  # one sample from (seed, optimisation step) until the next one
+            return jax.random.fold_in(held, learn_steps)
+        return jax.random.fold_in(warm_up, step)  # before learning: a new sample every step
+
+    def acting_noise(
+        self, params: Any, step: int, learn_steps: int, learning: bool
+    ) -> jax.Array | None:
+        """The training policy's noise, (Z,) or (num_envs, Z); None for the baseline.
+
+        Drawn again only when its key changes (after an optimisation step, or every step before
+        learning starts), so holding it costs no draw.
+        """
+        if not self.noisy:
+            return None
+        ident = (learning, learn_steps if learning else step)
+        held = getattr(self, "_held_noise", None)
+        if held is None or held[0] != ident:
+            if not hasattr(self, "_draw_act_noise"):
+                num_envs, draw = self.num_envs, self.agent.draw_act_noise
+                self._draw_act_noise = jax.jit(lambda key, p: draw(key, p, num_envs))
+            key = self.acting_noise_key(step, learn_steps, learning)
+            self._held_noise = (ident, self._draw_act_noise(key, params))
+        return self._held_noise[1]
 
     def eval_actions(self, params: Any, obs_ExHxWxS: np.ndarray, key: jax.Array) -> np.ndarray:
         epsilon = np.float32(self.config.agent.get("epsilon_eval", 0.0))
@@ -191,12 +223,14 @@ class AtariDQN(AtariHostMethod):
         with run:
             while not run.done:
                 step, learner = run.step, run.state
+                learning = step >= int(loop["learn_origin"])
                 actions = np.asarray(
                     self.act(
                         learner.params,
                         host["obs"],
                         jax.random.fold_in(act_base, step),
                         np.float32(self.epsilon(step)),
+                        self.acting_noise(learner.params, step, learn_steps, learning),
                     )
                 )
                 out = envs.step(actions)

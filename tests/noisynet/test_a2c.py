@@ -9,7 +9,7 @@ import pytest
 from configs.noisynet import get_config
 from deepgen.core.errors import ConfigError
 from deepgen.noisynet import a2c
-from deepgen.noisynet.networks import make_actor_critic
+from deepgen.noisynet.networks import make_actor_critic, network_noise_size
 from deepgen.noisynet.trainer import make_trainer
 
 
@@ -186,6 +186,48 @@ def test_noisy_a2c_holds_one_noise_sample_per_rollout_and_learner_uses_it():
         base_apply(base_params, probe_obs, rngs={"noise": jax.random.PRNGKey(k)})[0] for k in (1, 2)
     ]
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[1]))
+
+
+def test_per_env_noise_gives_each_environment_its_own_sample_for_acting_and_learning():
+    """agent.act_noise_per_env: A3C's actor-learners, each with its own noise sample per rollout.
+    The grouped evaluation (each env's rows as one batch under its sample) equals the layers'
+    per-row noise path with every row given its env's sample; one sample for all envs gives the
+    shared-noise network; the trainer acts, learns and evaluates with it."""
+    config = _smoke(True, **{"agent.act_noise_per_env": True})
+    num_envs, rollout_len = config.env.num_envs, config.agent.rollout_len
+    network = make_actor_critic(config, 2)
+    keys = jax.random.split(jax.random.PRNGKey(7), 4)
+    obs_NxO = jax.random.normal(keys[0], (rollout_len * num_envs, 4))
+    obs_NxO = obs_NxO.at[1:num_envs].set(obs_NxO[0])  # every env sees the same state at t = 0
+    params = network.init({"params": keys[1], "noise": keys[2]}, obs_NxO[:1])
+    noise_ExZ = jax.random.normal(keys[3], (num_envs, network_noise_size(params, "independent")))
+    per_env = a2c.per_env_noise_policy(a2c._policy_fn(network), num_envs)
+
+    @jax.jit
+    def outputs(params, obs_NxO, noise_ExZ):
+        grouped = per_env(params, obs_NxO, noise_ExZ)
+        rows_noise = jnp.tile(noise_ExZ, (rollout_len, 1))  # row t * E + e: env e's sample
+        per_row = network.apply(params, obs_NxO, per_example_noise=True, noise=rows_noise)
+        one = per_env(params, obs_NxO, jnp.broadcast_to(noise_ExZ[0], noise_ExZ.shape))
+        shared = network.apply(params, obs_NxO, noise=noise_ExZ[0])
+        return grouped, per_row, one, shared
+
+    grouped, per_row, one, shared = jax.tree.map(np.asarray, outputs(params, obs_NxO, noise_ExZ))
+    for a, b in ((grouped, per_row), (one, shared)):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    logits_t0 = grouped[0][:num_envs]  # the same state, each env's own sample
+    assert (
+        min(np.abs(logits_t0[i] - logits_t0[j]).max() for i, j in [(0, 1), (1, 2), (2, 3)]) > 1e-4
+    )
+
+    env, env_params = gymnax.make("CartPole-v1")
+    trainer = a2c.make_a2c_trainer(config, env, env_params)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(3))
+    state, metrics = jax.jit(trainer.train_chunk)(state)
+    assert np.isfinite(float(metrics["loss"])) and int(metrics["env_steps"]) == 256
+    evaluation = jax.jit(trainer.evaluate, static_argnums=2)(state, jax.random.PRNGKey(1), 2)
+    assert evaluation.shape == (2,) and np.all(np.asarray(evaluation) > 0)
 
 
 def test_steps_per_chunk_must_be_a_multiple_of_the_rollout():

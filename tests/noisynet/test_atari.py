@@ -27,6 +27,7 @@ ale_py = pytest.importorskip("ale_py", reason="ale-py (Atari emulator) is not in
 from atari_test_support import ALE_ERROR, needs_ale, signal_on_call  # noqa: E402
 
 from deepgen.noisynet import atari  # noqa: E402
+from experiments.noisynet import atari_dqn  # noqa: E402
 from experiments.noisynet.atari import AtariDQN  # noqa: E402
 
 
@@ -282,7 +283,26 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("atari_dqn")
     straight, resumed, stopped = root / "straight", root / "resumed", root / "stopped"
     status = {}
-    status["straight"] = _run(_tiny_config(2), straight)
+    events = []  # the straight run's ("act", noise bytes) and ("learn", None), in order
+    compiled = atari_dqn._compiled_agent
+
+    def recording(config, num_actions):
+        agent, init, act, learn = compiled(config, num_actions)
+
+        def act_recorded(params, obs, rng, epsilon, noise=None):
+            if noise is not None:  # training acts with its held noise; evaluation passes none
+                events.append(("act", np.asarray(noise).tobytes()))
+            return act(params, obs, rng, epsilon, noise)
+
+        def learn_recorded(learner, batch, rng):
+            events.append(("learn", None))
+            return learn(learner, batch, rng)
+
+        return agent, init, act_recorded, learn_recorded
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(atari_dqn, "_compiled_agent", recording)
+        status["straight"] = _run(_tiny_config(2), straight)
     status["resumed_first"] = _run(_tiny_config(1), resumed)
     status["resumed"] = _run(_tiny_config(2), resumed)
 
@@ -292,7 +312,9 @@ def trained(tmp_path_factory):
         status["stopped_first"] = _run(_tiny_config(2), stopped)
     status["stopped_host_files"] = sorted(p.name for p in (stopped / "replay").iterdir())
     status["stopped"] = _run(_tiny_config(2), stopped)
-    return SimpleNamespace(straight=straight, resumed=resumed, stopped=stopped, status=status)
+    return SimpleNamespace(
+        straight=straight, resumed=resumed, stopped=stopped, status=status, events=events
+    )
 
 
 @needs_ale
@@ -312,6 +334,27 @@ def test_resume_and_sigterm_give_the_numbers_of_an_uninterrupted_run(trained):
     checkpoints = sorted(int(p.name) for p in (trained.stopped / "checkpoints").iterdir())
     assert checkpoints == [70, 96]  # numbered by env steps; ckpt.keep=2
     assert json.loads((trained.straight / "config.json").read_text())["train"]["num_steps"] == 96
+
+
+@needs_ale
+def test_acting_noise_is_held_between_optimisation_steps_as_in_the_gymnax_loop(trained):
+    """The paper's meaning (Sec. 3), as trainer.py's: one sample until the next optimisation step;
+    before learning starts (24 agent steps here) a new sample every step."""
+    acts = [noise for kind, noise in trained.events if kind == "act"]
+    assert len(acts) == 96  # one emulator, every agent step acted with a drawn sample
+    warm_up, learning = acts[:24], trained.events[25:]
+    assert len(set(warm_up)) == 24 and trained.events[24] == ("act", acts[24])
+    assert acts[24] not in warm_up  # learning starts: the first held sample
+    held, previous, changes, learns = 0, acts[24], 0, 0
+    for kind, noise in learning:
+        if kind == "learn":
+            learns += 1
+            continue
+        changed = noise != previous
+        assert changed == (learns > 0), "noise changes exactly after an optimisation step"
+        changes, held = changes + changed, held + (not changed)
+        previous, learns = noise, 0
+    assert changes >= 15 and held >= 40  # (96 - 24) / 4 learn steps, 3 held steps after each
 
 
 @needs_ale

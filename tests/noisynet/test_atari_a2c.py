@@ -266,6 +266,44 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(train
     np.testing.assert_array_equal(*baseline_logits)  # no noise in the baseline
 
 
+def test_per_env_noise_gives_env_e_the_eth_split_of_the_rollout_key():
+    """agent.act_noise_per_env on Atari: acting, the learner's rows and evaluation give env e the
+    sample of jax.random.split(noise_key, num_envs)[e] (small 36 x 36 frames: the Nature torso
+    still ends at 1 x 1)."""
+    config = get_config("atari_a2c_smoke")
+    num_envs, rollout_len = config.env.num_envs, config.agent.rollout_len
+    shared = a2c.make_atari_a2c(config, 6)
+    config.agent.act_noise_per_env = True
+    agent = a2c.make_atari_a2c(config, 6)
+    rng = np.random.default_rng(0)
+    obs_NxHxWxS = rng.integers(0, 256, (rollout_len * num_envs, 36, 36, 4), dtype=np.uint8)
+    obs_NxHxWxS[1] = obs_NxHxWxS[0]  # both envs see the same frames at t = 0
+
+    @jax.jit
+    def outputs(obs_NxHxWxS, noise_key, act_rng):
+        params = agent.init(jax.random.key(0), obs_NxHxWxS[:1]).params
+        env_keys = jax.random.split(noise_key, num_envs)
+        rows = agent.policy(params, obs_NxHxWxS, noise_key)
+        by_env = [shared.policy(params, obs_NxHxWxS[e::num_envs], env_keys[e]) for e in range(2)]
+        actions = agent.act(params, obs_NxHxWxS[:num_envs], noise_key, act_rng)
+        act_keys = jax.random.split(act_rng, num_envs)
+        expected = [
+            jax.random.categorical(
+                act_keys[e], shared.policy(params, obs_NxHxWxS[e : e + 1], k)[0][0]
+            )
+            for e, k in enumerate(env_keys)
+        ]
+        return rows, by_env, actions, jnp.stack(expected)
+
+    rows, by_env, actions, expected = outputs(obs_NxHxWxS, jax.random.key(3), jax.random.key(4))
+    for e in range(num_envs):
+        for got, want in zip(rows, by_env[e], strict=True):
+            np.testing.assert_allclose(np.asarray(got)[e::num_envs], want, rtol=1e-5, atol=1e-6)
+    logits = np.asarray(rows[0])
+    assert np.abs(logits[0] - logits[1]).max() > 1e-4  # the same frames, each env's own sample
+    np.testing.assert_array_equal(np.asarray(actions), np.asarray(expected))
+
+
 @needs_ale
 def test_step_envs_keeps_the_last_observation_of_a_cut_episode():
     envs = atari.AtariVecEnv("pong", num_envs=2, seed=0, noop_max=0, max_episode_frames=20)
