@@ -54,6 +54,10 @@ def _base(dataset: str) -> ConfigDict:
     config.model.kernel_size = 3  # [recalled]
     config.model.first_kernel_size = 3  # the decoder's mask-A conv [ours; PixelCNN used 7]
     config.model.pixel_dependencies = True  # False: Table 1's baseline
+    # The ConvLSTM's context conditions the gates of every decoder unit, as the conditional
+    # "PixelCNN decoders" the paper builds on do [ours: read from the citation]; False: the
+    # context is added to the decoder's input only (deepgen's first wiring).
+    config.model.context_every_unit = True
 
     config.train.batch_size = 64  # [ours: not found in the notes]
     # "19.2M training sequences before convergence" [recalled]: 300k steps of 64.

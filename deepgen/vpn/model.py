@@ -17,8 +17,12 @@ pixel of frames < t, the pixels before (i, j) in frame t, and the earlier channe
   enters actions and states is recalled, not checked].
 * Decoder (Sec. 4.3): PixelCNN masked blocks with no dilation. The current frame enters only
   through the first conv, masked 'A' over raster order and colour groups; a 1x1 conv of the
-  context (which depends only on earlier frames) is added to it; every later conv (the blocks'
-  1x1 and 3x3 convs and the output head) is masked 'B'. So each feature at (i, j) depends on
+  context (which depends only on earlier frames) is added to it and, by default
+  (`context_every_unit`), to the gates of every unit of every block, as the conditional "PixelCNN
+  decoders" the paper cites (van den Oord et al. 2016, arXiv:1606.05328) condition every gated
+  layer [ours: that VPN conditions every layer is read from that citation, not checked in the
+  paper's text]; every later conv (the blocks' 1x1 and 3x3 convs and the output head) is masked
+  'B'. So each feature at (i, j) depends on
   frame t's pixels before (i, j) only (and on channels of (i, j) of an earlier colour group), and
   the residual paths and the MU's g2 * h cannot leak the current pixel (the fault of both public
   ports; see the research notes). Stacked masked 3x3 convs keep PixelCNN's blind spot (pixels
@@ -130,7 +134,12 @@ class Conv(nn.Module):
 
 
 class Unit(nn.Module):
-    """MU (Fig. 3) or, for Table 2's ablation, ReLU of a conv; c channels in and out."""
+    """MU (Fig. 3) or, for Table 2's ablation, ReLU of a conv; c channels in and out.
+
+    With context_features > 0 a 1x1 conv of a context map (the ConvLSTM's output, which depends
+    on earlier frames only) is added to the conv's pre-activations: every gate of the unit is
+    conditioned, as in the conditional PixelCNN decoders (van den Oord et al. 2016) that VPN uses.
+    """
 
     features: int
     unit: str = "mu"
@@ -138,6 +147,7 @@ class Unit(nn.Module):
     dilation: int = 1
     mask_type: str | None = None
     channel_groups: int = 1
+    context_features: int = 0
 
     def setup(self) -> None:
         if self.unit not in UNITS:
@@ -152,17 +162,25 @@ class Unit(nn.Module):
             self.channel_groups,
             gate_repeats=repeats,
         )
+        if self.context_features:
+            self.context = Conv(self.context_features, repeats * self.features, 1)
 
     def _combine(self, h: jax.Array, pre: jax.Array) -> jax.Array:
         return multiplicative_unit(h, pre) if self.unit == "mu" else nn.relu(pre)
 
-    def __call__(self, h_BxHxWxC: jax.Array) -> jax.Array:
-        return self._combine(h_BxHxWxC, self.conv(h_BxHxWxC))
+    def __call__(self, h_BxHxWxC: jax.Array, context_BxHxWxF: jax.Array | None = None) -> jax.Array:
+        pre = self.conv(h_BxHxWxC)
+        if self.context_features:
+            pre = pre + self.context(context_BxHxWxF)
+        return self._combine(h_BxHxWxC, pre)
 
-    def at(self, window_BxKxKxC: jax.Array) -> jax.Array:
+    def at(self, window_BxKxKxC: jax.Array, context_BxF: jax.Array | None = None) -> jax.Array:
         """The unit at the window's centre pixel, B x C."""
         r = self.kernel_size // 2
-        return self._combine(window_BxKxKxC[:, r, r], self.conv.at(window_BxKxKxC))
+        pre = self.conv.at(window_BxKxKxC)
+        if self.context_features:
+            pre = pre + self.context.at(context_BxF[:, None, None, :])
+        return self._combine(window_BxKxKxC[:, r, r], pre)
 
 
 class ResidualBlock(nn.Module):
@@ -175,6 +193,7 @@ class ResidualBlock(nn.Module):
     dilation: int = 1
     mask_type: str | None = None
     channel_groups: int = 1
+    context_features: int = 0  # > 0: both units' gates conditioned on a context map (decoder)
 
     def setup(self) -> None:
         pointwise = dict(
@@ -186,26 +205,33 @@ class ResidualBlock(nn.Module):
             dilation=self.dilation,
             mask_type=self.mask_type,
             channel_groups=self.channel_groups,
+            context_features=self.context_features,
         )
         self.reduce = Conv(self.channels, self.hidden, **pointwise)
         self.unit_1 = Unit(self.hidden, **spatial)
         self.unit_2 = Unit(self.hidden, **spatial)
         self.expand = Conv(self.hidden, self.channels, **pointwise)
 
-    def __call__(self, h_BxHxWxC: jax.Array) -> jax.Array:
-        return h_BxHxWxC + self.expand(self.unit_2(self.unit_1(self.reduce(h_BxHxWxC))))
+    def __call__(self, h_BxHxWxC: jax.Array, context_BxHxWxF: jax.Array | None = None) -> jax.Array:
+        m = self.unit_1(self.reduce(h_BxHxWxC), context_BxHxWxF)
+        return h_BxHxWxC + self.expand(self.unit_2(m, context_BxHxWxF))
 
     def at(
-        self, h_BxC: jax.Array, buffers: tuple[jax.Array, jax.Array], i, j
+        self,
+        h_BxC: jax.Array,
+        buffers: tuple[jax.Array, jax.Array],
+        i,
+        j,
+        context_BxF: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """The block at pixel (i, j) given its two units' input buffers; the updated buffers."""
         k, r = self.kernel_size, self.kernel_size // 2
         into_1, into_2 = buffers
         a_BxC = self.reduce.at(h_BxC[:, None, None, :])
         into_1 = write_at(into_1, a_BxC, i, j, r)
-        m_BxC = self.unit_1.at(window_at(into_1, i, j, k))
+        m_BxC = self.unit_1.at(window_at(into_1, i, j, k), context_BxF)
         into_2 = write_at(into_2, m_BxC, i, j, r)
-        m_BxC = self.unit_2.at(window_at(into_2, i, j, k))
+        m_BxC = self.unit_2.at(window_at(into_2, i, j, k), context_BxF)
         return h_BxC + self.expand.at(m_BxC[:, None, None, :]), (into_1, into_2)
 
 
@@ -247,6 +273,7 @@ class PixelDecoder(nn.Module):
     kernel_size: int = 3
     first_kernel_size: int = 3
     pixel_dependencies: bool = True
+    context_every_unit: bool = True  # False: the context enters the decoder's input only
 
     def setup(self) -> None:
         groups = self.image_channels
@@ -268,6 +295,7 @@ class PixelDecoder(nn.Module):
                 1,
                 mask_type="B",
                 channel_groups=groups,
+                context_features=self.context_features if self.context_every_unit else 0,
             )
             for _ in range(self.num_blocks)
         ]
@@ -284,7 +312,7 @@ class PixelDecoder(nn.Module):
         if self.pixel_dependencies:
             h = h + self.frame_in(frame_BxHxWxC)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, context_BxHxWxD)
         logits = self.head(nn.relu(h))
         return logits.reshape(*logits.shape[:-1], self.image_channels, self.num_values)
 
@@ -310,7 +338,7 @@ class PixelDecoder(nn.Module):
             h = h + self.frame_in.at(window)
         new_buffers = []
         for block, block_buffers in zip(self.blocks, buffers, strict=True):
-            h, block_buffers = block.at(h, block_buffers, i, j)
+            h, block_buffers = block.at(h, block_buffers, i, j, context_BxD)
             new_buffers.append(block_buffers)
         logits = self.head.at(nn.relu(h)[:, None, None, :])
         return logits.reshape(-1, self.image_channels, self.num_values), tuple(new_buffers)
@@ -331,6 +359,7 @@ class VideoPixelNetwork(nn.Module):
     first_kernel_size: int = 3
     pixel_dependencies: bool = True
     condition_features: int = 0
+    context_every_unit: bool = True
 
     def setup(self) -> None:
         k = self.kernel_size
@@ -351,6 +380,7 @@ class VideoPixelNetwork(nn.Module):
             k,
             self.first_kernel_size,
             self.pixel_dependencies,
+            self.context_every_unit,
         )
 
     def encode(self, frames_NxHxWxC: jax.Array) -> jax.Array:

@@ -85,6 +85,7 @@ class VPNMethod(Method):
         check.one_of("data.name", DATASETS)
         check.one_of("model.unit", vpn.UNITS)
         check.boolean("model.pixel_dependencies")
+        check.boolean("model.context_every_unit")
         check.positive(
             "model.channels",
             "model.hidden",
@@ -157,6 +158,7 @@ class VPNMethod(Method):
             kernel_size=int(m.kernel_size),
             first_kernel_size=int(m.first_kernel_size),
             pixel_dependencies=bool(m.pixel_dependencies),
+            context_every_unit=bool(m.context_every_unit),
             condition_features=0
             if self.mnist
             else robot_push.ACTION_DIM + robot_push.STATE_DIM + 1,

@@ -128,10 +128,13 @@ def test_the_encoder_preserves_resolution_with_the_dilated_receptive_field():
         assert rows.max() == cols.max() == side // 2 + radius
 
 
-@pytest.mark.parametrize(("channels", "num_values"), [(1, 1), (3, 5)])
-def test_the_single_pixel_step_equals_the_whole_frame_decoder(channels, num_values):
+@pytest.mark.parametrize(
+    ("channels", "num_values", "every_unit"), [(1, 1, True), (3, 5, True), (1, 1, False)]
+)
+def test_the_single_pixel_step_equals_the_whole_frame_decoder(channels, num_values, every_unit):
+    """Also with the context entering the decoder's input only (model.context_every_unit=False)."""
     with jax.enable_x64(True):
-        model = tiny(channels, num_values, first_kernel_size=5)
+        model = tiny(channels, num_values, first_kernel_size=5, context_every_unit=every_unit)
         frames = video(channels)
         params = init64(model, frames)
         variables = {"params": params}
