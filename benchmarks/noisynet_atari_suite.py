@@ -124,11 +124,20 @@ def run_one(args: argparse.Namespace, game: str, label: str, seed: int) -> dict:
         env["OMP_NUM_THREADS"] = "1"
         started = time.time()
         for mode in ("train", "eval"):
-            cmd = [*base, f"--workdir={work}", f"--mode={mode}", *overrides(label, game, seed, args)]
+            cmd = [
+                *base,
+                f"--workdir={work}",
+                f"--mode={mode}",
+                *overrides(label, game, seed, args),
+            ]
             with open(work / f"{mode}.log", "w") as log:
-                status = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                status = subprocess.run(
+                    cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
             if status.returncode != 0:
-                raise RuntimeError(f"{game} {label} seed {seed}: {mode} failed, see {work}/{mode}.log")
+                raise RuntimeError(
+                    f"{game} {label} seed {seed}: {mode} failed, see {work}/{mode}.log"
+                )
         (work / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
         print(f"{game} {label} seed {seed}: done in {time.time() - started:.0f} s", flush=True)
     return json.loads(eval_path.read_text())
@@ -192,7 +201,9 @@ def table(args: argparse.Namespace, summary: dict) -> str:
                 sd = statistics.stdev(entry["score_per_seed"])
                 spread = f" ± {sd / math.sqrt(seeds):.1f}"
             cells.append(f"{entry['score']:.1f}{spread} ({entry['hns']:.1f})")
-        lines.append(f"| {game} | {row['random']:g} | {row['human']:g} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {game} | {row['random']:g} | {row['human']:g} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -67,11 +67,13 @@ def _base(agent: str) -> ConfigDict:
     config.agent.double = agent == "dueling"
     # Acting noise, in every loop (gymnax and Atari; DQN, Dueling and A2C): one sample held between
     # optimisation steps (the paper, Sec. 3; for A2C that is one rollout, which the learner then
-    # scores with the same sample), shared by the parallel environments (the paper's single actor;
-    # the noise buffer of the common implementations), or with act_noise_per_env one sample per
-    # environment (for A2C: A3C's actor-learner threads, each with its own). Evaluation draws a
-    # fresh sample per action (per evaluated episode with act_noise_per_env).
-    config.agent.act_noise_per_env = False
+    # scores with the same sample). DQN and Dueling: one sample shared by the parallel
+    # environments (the paper's single actor; the noise buffer of the common implementations).
+    # A2C: one sample per environment, as each of NoisyNet-A3C's actor-learner threads held its
+    # own (it learned at least as well as a shared sample: benchmarks/RESULTS.md, NoisyNet). False
+    # shares one sample, True gives one per environment, for any agent. Evaluation draws a fresh
+    # sample per action (per evaluated episode with act_noise_per_env).
+    config.agent.act_noise_per_env = agent == "a2c"
     config.agent.epsilon_start = 1.0
     config.agent.epsilon_end = 0.05
     config.agent.epsilon_decay_steps = 50_000
@@ -305,8 +307,11 @@ def _smoke_atari() -> ConfigDict:
 
 
 def _atari_a2c_smoke() -> ConfigDict:
-    """A few hundred frames of NoisyNet-A2C on real Pong with 2 envs (for tests)."""
+    """A few hundred frames of NoisyNet-A2C on real Pong with 2 envs (for tests): the shared
+    sample, whose path the tests follow through the host loop (the per-env default is tested on
+    the agent's functions)."""
     config = _atari("a2c")
+    config.agent.act_noise_per_env = False
     config.env.num_envs = 2
     config.env.max_episode_frames = 120  # each env ends (is cut) one episode while training
     config.network.head_hidden = 32

@@ -145,7 +145,7 @@ class _ProbeNetwork:
 
 def test_noisy_a2c_holds_one_noise_sample_per_rollout_and_learner_uses_it():
     env, env_params = gymnax.make("CartPole-v1")
-    config = _smoke(True)
+    config = _smoke(True, **{"agent.act_noise_per_env": False})  # the shared sample
     num_envs, rollout_len = config.env.num_envs, config.agent.rollout_len
     num_updates = 3
     config.train.steps_per_chunk = num_envs * rollout_len * num_updates
@@ -193,7 +193,8 @@ def test_per_env_noise_gives_each_environment_its_own_sample_for_acting_and_lear
     The grouped evaluation (each env's rows as one batch under its sample) equals the layers'
     per-row noise path with every row given its env's sample; one sample for all envs gives the
     shared-noise network; the trainer acts, learns and evaluates with it."""
-    config = _smoke(True, **{"agent.act_noise_per_env": True})
+    config = _smoke(True)  # A2C's default: agent.act_noise_per_env=True
+    assert config.agent.act_noise_per_env
     num_envs, rollout_len = config.env.num_envs, config.agent.rollout_len
     network = make_actor_critic(config, 2)
     keys = jax.random.split(jax.random.PRNGKey(7), 4)
