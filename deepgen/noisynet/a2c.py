@@ -427,64 +427,68 @@ class AtariA2CAgent(NamedTuple):
     network: ActorCritic
     optimizer: optax.GradientTransformation
     init: Callable[[jax.Array, jax.Array], A2CLearner]
-    policy: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-    act: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+    draw_noise: Callable[[jax.Array, Any, int], jax.Array | None]
+    policy: Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array]]
+    act: Callable[[Any, jax.Array, Any, jax.Array], jax.Array]
     act_mean_weights: Callable[[Any, jax.Array, jax.Array], jax.Array]
-    learn: Callable[[A2CLearner, Transitions, jax.Array], tuple[A2CLearner, dict]]
+    learn: Callable[[A2CLearner, Transitions, Any], tuple[A2CLearner, dict]]
     entropy_coef: float
 
 
 def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
     """A2C, or NoisyNet-A2C when config.agent.noisy, for uint8 BxHxWxS Atari frame stacks.
 
-    The noise of a rollout comes from one key (`noise_key`), held for the whole rollout: acting,
-    the learner's loss and its bootstrap values all use it (one sample per optimisation step).
-    With agent.act_noise_per_env, env e's sample is drawn from the e-th of
-    jax.random.split(noise_key, env.num_envs), and `policy` expects rows in (time, env) order.
+    The noise of a rollout is drawn once, by `draw_noise(noise_key, params, num_envs)`: one
+    N(0, 1) sample (Z,), or with agent.act_noise_per_env one per env (num_envs, Z) (None for the
+    baseline). It is held for the whole rollout: acting, the learner's loss and its bootstrap
+    values all take it (one sample per optimisation step), and `policy` expects rows in (time,
+    env) order when it is per env. Drawn once instead of at every forward pass: the Nature head's
+    independent noise is 1.6M normals per sample, and a rollout makes rollout_len + 2 passes.
     """
     network = make_actor_critic(config, num_actions)
     optimizer = make_optimizer(config.opt, num_updates(config))
     gamma = float(config.agent.gamma)
     value_coef = float(config.agent.value_coef)
     noisy = bool(config.agent.noisy)
+    noise_type = str(config.agent.noise_type)
     entropy_coef = 0.0 if noisy else float(config.agent.entropy_coef)
     per_env = noisy and bool(config.agent.get("act_noise_per_env", False))
 
-    def shared_policy(
-        params: Any, obs_BxHxWxS: jax.Array, noise_key: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
-        """(logits_BxA, value_B) with the noise sample of noise_key shared by the batch."""
-        return network.apply(params, obs_BxHxWxS, rngs={"noise": noise_key})
+    def draw_noise(noise_key: jax.Array, params: Any, num_envs: int) -> jax.Array | None:
+        """The rollout's noise: (Z,), or (num_envs, Z) per env; None without noisy layers."""
+        return draw_rollout_noise(
+            noise_key, params, noise_type, noisy, num_envs if per_env else None
+        )
 
-    def env_keys(noise_key: jax.Array, num_envs: int) -> jax.Array:
-        return jax.random.split(noise_key, num_envs)
+    def shared_policy(
+        params: Any, obs_BxHxWxS: jax.Array, noise: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array]:
+        """(logits_BxA, value_B) with one pre-drawn noise sample (Z,) for the batch."""
+        return network.apply(params, obs_BxHxWxS, noise=noise)
 
     def policy(
-        params: Any, obs_BxHxWxS: jax.Array, noise_key: jax.Array
+        params: Any, obs_BxHxWxS: jax.Array, noise: jax.Array | None
     ) -> tuple[jax.Array, jax.Array]:
         """(logits_BxA, value_B) under the rollout's noise: shared, or env e's own per row."""
         if not per_env:
-            return shared_policy(params, obs_BxHxWxS, noise_key)
-        num_envs = int(config.env.num_envs)
-        per_env_policy = per_env_noise_policy(shared_policy, num_envs)
-        return per_env_policy(params, obs_BxHxWxS, env_keys(noise_key, num_envs))
+            return shared_policy(params, obs_BxHxWxS, noise)
+        return per_env_noise_policy(shared_policy, noise.shape[0])(params, obs_BxHxWxS, noise)
 
     def init(rng: jax.Array, obs_example_1xHxWxS: jax.Array) -> A2CLearner:
         params_key, noise_key = jax.random.split(rng)
         params = network.init({"params": params_key, "noise": noise_key}, obs_example_1xHxWxS)
         return A2CLearner(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    def act(params: Any, obs_ExHxWxS: jax.Array, noise_key: jax.Array, rng: jax.Array) -> jax.Array:
-        def one_env(obs_HxWxS: jax.Array, key: jax.Array, env_noise_key: jax.Array) -> jax.Array:
-            logits_1xA, _ = shared_policy(params, obs_HxWxS[None], env_noise_key)
+    def act(
+        params: Any, obs_ExHxWxS: jax.Array, noise: jax.Array | None, rng: jax.Array
+    ) -> jax.Array:
+        def one_env(obs_HxWxS: jax.Array, key: jax.Array, env_noise: Any) -> jax.Array:
+            logits_1xA, _ = shared_policy(params, obs_HxWxS[None], env_noise)
             return jax.random.categorical(key, logits_1xA[0])
 
-        num_envs = obs_ExHxWxS.shape[0]
-        keys_E = jax.random.split(rng, num_envs)
-        if per_env:  # env e acts with its own sample (evaluation: one per evaluated env)
-            actions_E = jax.vmap(one_env)(obs_ExHxWxS, keys_E, env_keys(noise_key, num_envs))
-        else:
-            actions_E = jax.vmap(one_env, in_axes=(0, 0, None))(obs_ExHxWxS, keys_E, noise_key)
+        keys_E = jax.random.split(rng, obs_ExHxWxS.shape[0])
+        noise_axis = 0 if per_env else None  # env e acts with its own sample
+        actions_E = jax.vmap(one_env, in_axes=(0, 0, noise_axis))(obs_ExHxWxS, keys_E, noise)
         return actions_E.astype(jnp.int32)
 
     def act_mean_weights(params: Any, obs_ExHxWxS: jax.Array, rng: jax.Array) -> jax.Array:
@@ -493,26 +497,24 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
         keys_E = jax.random.split(rng, obs_ExHxWxS.shape[0])
         return jax.vmap(jax.random.categorical)(keys_E, logits_ExA).astype(jnp.int32)
 
-    def loss_fn(params: Any, batch: Transitions, return_TxE: jax.Array, noise_key: jax.Array):
+    def loss_fn(params: Any, batch: Transitions, return_TxE: jax.Array, noise: Any):
         loss, aux, value_N = rollout_loss(
             policy,
             params,
             batch,
             return_TxE,
-            noise_key,
+            noise,
             value_coef=value_coef,
             entropy_coef=entropy_coef,
         )
         return loss, {**aux, "value_mean": jnp.mean(value_N)}
 
-    def learn(
-        learner: A2CLearner, batch: Transitions, noise_key: jax.Array
-    ) -> tuple[A2CLearner, dict]:
+    def learn(learner: A2CLearner, batch: Transitions, noise: Any) -> tuple[A2CLearner, dict]:
         params, opt_state, grads, aux, return_TxE = a2c_step(
             learner.params,
             learner.opt_state,
             batch,
-            noise_key,
+            noise,
             policy=policy,
             loss_fn=loss_fn,
             optimizer=optimizer,
@@ -522,5 +524,13 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
         return A2CLearner(params, opt_state, learner.updates + 1), aux
 
     return AtariA2CAgent(
-        network, optimizer, init, policy, act, act_mean_weights, learn, entropy_coef
+        network,
+        optimizer,
+        init,
+        draw_noise,
+        policy,
+        act,
+        act_mean_weights,
+        learn,
+        entropy_coef,
     )

@@ -9,11 +9,12 @@ is networks.ActorCritic on the Nature DQN torso; A3C's feed-forward agent had a 
 and 32 filters, 256 hidden units).
 
 NoisyNet-A2C (arXiv:1706.10295, Sec. 3.1): the entropy bonus is removed (entropy_coef is forced
-to 0) and one noise sample, drawn from (seed, update index), is held fixed for the whole rollout:
-all envs act with it, and the learner's loss and bootstrap values for that rollout use it too.
-The next rollout draws a new one, so there is one sample per optimisation step, as in a2c.py's
-gymnax version. Evaluation samples actions from the policy with the noise on, a fresh sample
-each step.
+to 0) and the noise, drawn once per rollout from (seed, update index), is held fixed for the
+whole rollout: one sample per env by default (agent.act_noise_per_env, as each of A3C's
+actor-learner threads held its own), or one shared by all envs; the learner's loss and bootstrap
+values for that rollout use the same samples. The next rollout draws new ones, so there is one
+draw per optimisation step, as in a2c.py's gymnax version. Evaluation samples actions from the
+policy with the noise on, a fresh draw each step (one per evaluated episode when per env).
 
 Episode ends: a life loss (env.terminal_on_life_loss) or game over bootstraps with 0; an episode
 cut at env.max_episode_frames bootstraps with V of its last observation. The learner sees rewards
@@ -101,6 +102,7 @@ class AtariA2C(AtariHostMethod):
         super().__init__(config, mode=mode)
         self.rollout_len = int(config.agent.rollout_len)
         self.agent, self._init, self.act, self.learn = _compiled_agent(config, self.num_actions)
+        self.draw_noise = jax.jit(self.agent.draw_noise, static_argnums=2)
         self.init_state = shared_init_state(self._init, self.obs_example)  # compiled once
 
     def agent_label(self) -> str:
@@ -123,7 +125,8 @@ class AtariA2C(AtariHostMethod):
             if not hasattr(self, "_act_mean_weights"):
                 self._act_mean_weights = jax.jit(self.agent.act_mean_weights)
             return np.asarray(self._act_mean_weights(params, obs_ExHxWxS, act_key))
-        return np.asarray(self.act(params, obs_ExHxWxS, noise_key, act_key))
+        noise = self.draw_noise(noise_key, params, len(obs_ExHxWxS))
+        return np.asarray(self.act(params, obs_ExHxWxS, noise, act_key))
 
     def eval_policy(self) -> str:
         policy = "actions sampled from the policy"
@@ -139,12 +142,12 @@ class AtariA2C(AtariHostMethod):
         envs: AtariVecEnv,
         params: Any,
         obs_ExHxWxS: np.ndarray,
-        noise_key: jax.Array,
+        noise: Any,
         first_env_step: int,
         *,
         clip: bool,
     ) -> tuple[Transitions, np.ndarray, list[float]]:
-        """rollout_len steps of every env under one noise sample: (batch, next obs, ended returns)."""
+        """rollout_len steps of every env under the rollout's noise: (batch, next obs, returns)."""
         rollout_len, num_envs = self.rollout_len, envs.num_envs
         shape = (rollout_len, num_envs)
         obs_TxE = np.empty((*shape, *obs_ExHxWxS.shape[1:]), np.uint8)
@@ -158,7 +161,7 @@ class AtariA2C(AtariHostMethod):
         act_base = self.stream(_ACT)
         for t in range(rollout_len):
             act_key = jax.random.fold_in(act_base, first_env_step + t * num_envs)
-            actions_E = np.asarray(self.act(params, obs_ExHxWxS, noise_key, act_key))
+            actions_E = np.asarray(self.act(params, obs_ExHxWxS, noise, act_key))
             step = step_envs(envs, actions_E)
             obs_TxE[t], next_obs_TxE[t], action_TxE[t] = (
                 obs_ExHxWxS,
@@ -219,14 +222,16 @@ class AtariA2C(AtariHostMethod):
         with run:
             while not run.done:
                 step, learner = run.step, run.state
-                noise_key = self.noise_key(counters["updates"])
+                noise = self.draw_noise(
+                    self.noise_key(counters["updates"]), learner.params, self.num_envs
+                )
                 batch, host["obs"], finished = self.collect_rollout(
-                    envs, learner.params, host["obs"], noise_key, step, clip=clip
+                    envs, learner.params, host["obs"], noise, step, clip=clip
                 )
                 run.loop["window"]["returns"].extend(finished)
                 run.loop["episodes"] += len(finished)
                 started = time.perf_counter()
-                learner, learn_metrics = self.learn(learner, batch, noise_key)
+                learner, learn_metrics = self.learn(learner, batch, noise)
                 if first_update:
                     jax.block_until_ready(learn_metrics)
                     run.timing(step + per_update, time.perf_counter() - started)

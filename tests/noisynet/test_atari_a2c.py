@@ -74,13 +74,13 @@ def trained(tmp_path_factory):
     def recording(config, num_actions):
         agent, init, act, learn = compiled(config, num_actions)
 
-        def act_recorded(params, obs, noise_key, rng):
-            out.acted.append(np.asarray(jax.random.key_data(noise_key)))
-            return act(params, obs, noise_key, rng)
+        def act_recorded(params, obs, noise, rng):
+            out.acted.append(np.asarray(noise))
+            return act(params, obs, noise, rng)
 
-        def learn_recorded(learner, batch, noise_key):
-            out.learned.append(np.asarray(jax.random.key_data(noise_key)))
-            return learn(learner, batch, noise_key)
+        def learn_recorded(learner, batch, noise):
+            out.learned.append(np.asarray(noise))
+            return learn(learner, batch, noise)
 
         return agent, init, act_recorded, learn_recorded
 
@@ -211,20 +211,21 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(train
     config = get_config("atari_a2c_smoke")  # 8 rollouts of 2 envs x 5 steps
     learned, acted = trained.learned, trained.acted
     assert len(learned) == 8 and len(acted) == 8 * 5
-    for update, key in enumerate(learned):
-        for acting_key in acted[5 * update : 5 * (update + 1)]:
-            np.testing.assert_array_equal(acting_key, key)  # one sample for the whole rollout
-    assert len({k.tobytes() for k in learned}) == 8  # a new sample for every rollout
+    assert not config.agent.act_noise_per_env and learned[0].ndim == 1  # one shared sample
+    for update, noise in enumerate(learned):
+        for acting_noise in acted[5 * update : 5 * (update + 1)]:
+            np.testing.assert_array_equal(acting_noise, noise)  # one sample for the whole rollout
+    assert len({n.tobytes() for n in learned}) == 8  # a new sample for every rollout
 
-    # The keys give different noise; acting (vmapped over envs) and the learner (one batch) see
-    # the same sample.
+    # Different samples give different logits; acting (vmapped over envs) and the learner (one
+    # batch) see the same sample.
     agent, init, act, learn = atari_a2c._compiled_agent(config, 6)  # compiled by the runs
 
     @jax.jit
-    def logits(params, obs_ExHxWxS, key_a, key_b):
-        """Key a's logits for the batch and env by env (vmapped), and key b's for the batch."""
-        per_env = jax.vmap(lambda o: agent.policy(params, o[None], key_a)[0][0])(obs_ExHxWxS)
-        batch_a, batch_b = (agent.policy(params, obs_ExHxWxS, k)[0] for k in (key_a, key_b))
+    def logits(params, obs_ExHxWxS, noise_a, noise_b):
+        """Sample a's logits for the batch and env by env (vmapped), and sample b's."""
+        per_env = jax.vmap(lambda o: agent.policy(params, o[None], noise_a)[0][0])(obs_ExHxWxS)
+        batch_a, batch_b = (agent.policy(params, obs_ExHxWxS, n)[0] for n in (noise_a, noise_b))
         return batch_a, per_env, batch_b
 
     envs = atari.AtariVecEnv("pong", num_envs=2, seed=1, noop_max=0)
@@ -232,13 +233,16 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(train
     for _ in range(6):
         obs_ExHxWxS = atari.step_envs(envs, np.array([2, 3])).obs_ExHxWxS
     learner = init(jax.random.key(0), obs_ExHxWxS[:1])
-    key_a, key_b = (jax.random.wrap_key_data(jnp.asarray(k)) for k in learned[:2])
-    logits_a, per_env, logits_b = map(np.asarray, logits(learner.params, obs_ExHxWxS, key_a, key_b))
+    noise_a, noise_b = (jnp.asarray(n) for n in learned[:2])
+    logits_a, per_env, logits_b = map(
+        np.asarray, logits(learner.params, obs_ExHxWxS, noise_a, noise_b)
+    )
     np.testing.assert_allclose(per_env, logits_a, rtol=1e-5, atol=1e-6)
     assert np.abs(logits_b - logits_a).max() > 1e-4
     rng = jax.random.key(5)
     np.testing.assert_array_equal(
-        act(learner.params, obs_ExHxWxS, key_a, rng), act(learner.params, obs_ExHxWxS, key_a, rng)
+        act(learner.params, obs_ExHxWxS, noise_a, rng),
+        act(learner.params, obs_ExHxWxS, noise_a, rng),
     )
 
     # NoisyNet-A2C has no entropy bonus; the baseline keeps the config's coefficient.
@@ -249,32 +253,36 @@ def test_noise_is_held_for_a_rollout_shared_with_the_learner_and_resampled(train
     assert baseline.entropy_coef == 0.01
     batch = _rollout_batch(np.stack([obs_ExHxWxS] * 5), seed=0)
     value_coef = config.agent.value_coef
-    _, m = learn(learner, batch, key_a)  # donates learner: not used below
+    _, m = learn(learner, batch, noise_a)  # donates learner: not used below
     np.testing.assert_allclose(m["loss"], m["policy_loss"] + value_coef * m["value_loss"], 1e-5)
 
     @jax.jit
-    def baseline_learn_and_logits(obs_ExHxWxS, batch, key_a, key_b):
+    def baseline_learn_and_logits(obs_ExHxWxS, batch):
         """One compilation: the baseline's init, one learn step, its logits under two keys."""
         base_learner = baseline.init(jax.random.key(0), obs_ExHxWxS[:1])
-        _, m = baseline.learn(base_learner, batch, key_a)
-        keys = (key_a, key_b)
-        return m, [baseline.policy(base_learner.params, obs_ExHxWxS, k)[0] for k in keys]
+        assert baseline.draw_noise(jax.random.key(1), base_learner.params, 2) is None
+        _, m = baseline.learn(base_learner, batch, None)
+        keys = (jax.random.key(1), jax.random.key(2))
+        apply = baseline.network.apply
+        return m, [apply(base_learner.params, obs_ExHxWxS, rngs={"noise": k})[0] for k in keys]
 
-    m, baseline_logits = baseline_learn_and_logits(obs_ExHxWxS, batch, key_a, key_b)
+    m, baseline_logits = baseline_learn_and_logits(obs_ExHxWxS, batch)
     expected = m["policy_loss"] + value_coef * m["value_loss"] - 0.01 * m["entropy"]
     np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
     np.testing.assert_array_equal(*baseline_logits)  # no noise in the baseline
 
 
-def test_per_env_noise_gives_env_e_the_eth_split_of_the_rollout_key():
-    """agent.act_noise_per_env on Atari: acting, the learner's rows and evaluation give env e the
-    sample of jax.random.split(noise_key, num_envs)[e] (small 36 x 36 frames: the Nature torso
+def test_per_env_noise_gives_each_env_its_own_sample_drawn_once_per_rollout():
+    """agent.act_noise_per_env on Atari (A2C's default): draw_noise gives one sample per env;
+    acting and the learner's rows give env e the e-th (small 36 x 36 frames: the Nature torso
     still ends at 1 x 1)."""
-    config = get_config("atari_a2c_smoke")
-    num_envs, rollout_len = config.env.num_envs, config.agent.rollout_len
-    shared = a2c.make_atari_a2c(config, 6)
-    config.agent.act_noise_per_env = True
+    config = get_config("atari_a2c")
+    assert config.agent.act_noise_per_env
+    config.network.head_hidden = 32
+    num_envs, rollout_len = 2, config.agent.rollout_len
     agent = a2c.make_atari_a2c(config, 6)
+    config.agent.act_noise_per_env = False
+    shared = a2c.make_atari_a2c(config, 6)
     rng = np.random.default_rng(0)
     obs_NxHxWxS = rng.integers(0, 256, (rollout_len * num_envs, 36, 36, 4), dtype=np.uint8)
     obs_NxHxWxS[1] = obs_NxHxWxS[0]  # both envs see the same frames at t = 0
@@ -282,20 +290,24 @@ def test_per_env_noise_gives_env_e_the_eth_split_of_the_rollout_key():
     @jax.jit
     def outputs(obs_NxHxWxS, noise_key, act_rng):
         params = agent.init(jax.random.key(0), obs_NxHxWxS[:1]).params
-        env_keys = jax.random.split(noise_key, num_envs)
-        rows = agent.policy(params, obs_NxHxWxS, noise_key)
-        by_env = [shared.policy(params, obs_NxHxWxS[e::num_envs], env_keys[e]) for e in range(2)]
-        actions = agent.act(params, obs_NxHxWxS[:num_envs], noise_key, act_rng)
+        noise_ExZ = agent.draw_noise(noise_key, params, num_envs)
+        rows = agent.policy(params, obs_NxHxWxS, noise_ExZ)
+        by_env = [shared.policy(params, obs_NxHxWxS[e::num_envs], noise_ExZ[e]) for e in (0, 1)]
+        actions = agent.act(params, obs_NxHxWxS[:num_envs], noise_ExZ, act_rng)
         act_keys = jax.random.split(act_rng, num_envs)
         expected = [
             jax.random.categorical(
-                act_keys[e], shared.policy(params, obs_NxHxWxS[e : e + 1], k)[0][0]
+                act_keys[e], shared.policy(params, obs_NxHxWxS[e : e + 1], noise_ExZ[e])[0][0]
             )
-            for e, k in enumerate(env_keys)
+            for e in (0, 1)
         ]
-        return rows, by_env, actions, jnp.stack(expected)
+        return noise_ExZ.shape, rows, by_env, actions, jnp.stack(expected)
 
-    rows, by_env, actions, expected = outputs(obs_NxHxWxS, jax.random.key(3), jax.random.key(4))
+    shape, rows, by_env, actions, expected = outputs(
+        obs_NxHxWxS, jax.random.key(3), jax.random.key(4)
+    )
+    # independent noise of the heads: (64 + 1) x 32 hidden, (32 + 1) x 6 policy, (32 + 1) x 1 value
+    assert tuple(shape) == (num_envs, 65 * 32 + 33 * 6 + 33)
     for e in range(num_envs):
         for got, want in zip(rows, by_env[e], strict=True):
             np.testing.assert_allclose(np.asarray(got)[e::num_envs], want, rtol=1e-5, atol=1e-6)
