@@ -35,7 +35,7 @@ import gymnax
 import jax
 import numpy as np
 
-from benchmarks.noisynet_minatar_study import load_results, mean_se
+from benchmarks.noisynet_minatar_study import label_axes, load_results, mean_se, plot_band
 from configs.noisynet import get_config
 from deepgen.noisynet.trainer import make_trainer
 
@@ -166,19 +166,8 @@ def plot_curves(records: list[dict], path: str) -> None:
         for r in records:
             if r["variant"] != variant:
                 continue
-            steps = np.asarray(r["env_steps"])
-            returns_SxC = np.asarray(r["mean_episode_return"], np.float64)
-            count = np.maximum(np.isfinite(returns_SxC).sum(axis=0), 1)
-            mean = np.nanmean(returns_SxC, axis=0)
-            se = np.nanstd(returns_SxC, axis=0, ddof=1) / np.sqrt(count)
-            color = colors[r["mode"]]
-            ax.plot(steps, mean, color=color, label=f"{r['mode']} ({r['seeds']} seeds)")
-            ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.2)
-        ax.set_title(f"NoisyNet-A2C noise, {variant}")
-        ax.set_xlabel("env steps per seed")
-        ax.set_ylabel("mean episode return")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            plot_band(ax, r, label=r["mode"], color=colors[r["mode"]], alpha=0.2)
+        label_axes(ax, f"NoisyNet-A2C noise, {variant}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

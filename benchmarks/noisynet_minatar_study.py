@@ -164,6 +164,26 @@ def write_table(records: list[dict], path: str) -> str:
     return table
 
 
+def plot_band(ax, record: dict, *, label: str, color: str, alpha: float = 0.25) -> None:
+    """A record's mean training return against env steps, with a +-1 standard-error band."""
+    steps = np.asarray(record["env_steps"])
+    returns_SxC = np.asarray(record["mean_episode_return"], np.float64)
+    count = np.isfinite(returns_SxC).sum(axis=0)
+    mean = np.nanmean(returns_SxC, axis=0)
+    se = np.nanstd(returns_SxC, axis=0, ddof=1) / np.sqrt(np.maximum(count, 1))
+    ax.plot(steps, mean, color=color, label=f"{label} ({record['seeds']} seeds)")
+    ax.fill_between(steps, mean - se, mean + se, color=color, alpha=alpha)
+
+
+def label_axes(ax, title: str) -> None:
+    """Title, env-steps and return labels, grid and legend of one curves panel."""
+    ax.set_title(title)
+    ax.set_xlabel("env steps per seed")
+    ax.set_ylabel("mean episode return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_curves(records: list[dict], path: str) -> None:
     """Mean return vs env steps with a +-1 SE band, one panel per agent x game."""
     import matplotlib
@@ -182,20 +202,9 @@ def plot_curves(records: list[dict], path: str) -> None:
             for r in records:
                 if r["agent"] != agent or r["game"] != game:
                     continue
-                steps = np.asarray(r["env_steps"])
-                returns_SxC = np.asarray(r["mean_episode_return"], np.float64)
-                count = np.isfinite(returns_SxC).sum(axis=0)
-                mean = np.nanmean(returns_SxC, axis=0)
-                se = np.nanstd(returns_SxC, axis=0, ddof=1) / np.sqrt(np.maximum(count, 1))
                 label = "NoisyNet" if r["noisy"] else "baseline"
-                color = "tab:red" if r["noisy"] else "tab:blue"
-                ax.plot(steps, mean, color=color, label=f"{label} ({r['seeds']} seeds)")
-                ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.25)
-            ax.set_title(f"{LABELS[agent]} on {MINATAR_GAMES[game]}")
-            ax.set_xlabel("env steps per seed")
-            ax.set_ylabel("mean episode return")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+                plot_band(ax, r, label=label, color="tab:red" if r["noisy"] else "tab:blue")
+            label_axes(ax, f"{LABELS[agent]} on {MINATAR_GAMES[game]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
