@@ -181,3 +181,29 @@ def test_nan_where_an_update_was_made_stops_training(tmp_path):
             batches=None,
             mesh=mesh_lib.make_mesh({"data": -1, "fsdp": 1}),
         )
+
+
+def test_a_ctrl_c_inside_the_wait_for_saves_arrives_after_it_without_a_traceback(tmp_path, caplog):
+    """Orbax logs a traceback when an interrupt lands inside its wait; the checkpointer holds
+    the interrupt until the wait and the close are done, then raises it as Python would."""
+    import signal
+
+    checkpointer = checkpoint.Checkpointer(
+        str(tmp_path / "checkpoints"), max_to_keep=1, save_every=1, async_save=False
+    )
+    manager, calls = checkpointer._manager, []
+    wait, close = manager.wait_until_finished, manager.close
+
+    def wait_then_ctrl_c():
+        signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C inside orbax's wait
+        calls.append("wait")
+        return wait()
+
+    manager.wait_until_finished = wait_then_ctrl_c
+    manager.close = lambda: (calls.append("close"), close())[1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.close()
+    assert calls[:2] == ["wait", "close"]  # both finished before the interrupt was raised
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
