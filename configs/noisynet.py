@@ -16,8 +16,8 @@ Variants:
   atari_dqn, atari_dueling, atari_a2c          ALE Atari (config.env.name, default "ALE/Pong-v5"),
                                                the paper's hyperparameters and optimisers (Nature
                                                DQN / dueling / A3C RMSProp), run on the host by
-                                               deepgen/noisynet/atari_loop.py (DQN, Dueling) and
-                                               deepgen/noisynet/atari_a2c_loop.py (A2C).
+                                               experiments/noisynet/atari_dqn.py (DQN, Dueling) and
+                                               experiments/noisynet/atari_a2c.py (A2C).
   smoke_dqn, smoke_dueling, smoke_a2c, smoke_atari, atari_a2c_smoke
                                                tiny, for tests.
 Units: env steps are agent steps (one action; for Atari 4 frames with frame skip 4);
