@@ -16,10 +16,10 @@ of deepgen.noisynet.networks.ActorCritic are noisy (independent Gaussian noise i
 setting, config.agent.noise_type), the entropy bonus is removed (entropy_coef forced to 0), and the
 noise is held fixed for a whole rollout, so that the n-step return is consistent; it is
 resampled before the next rollout, i.e. once per optimisation step (the paper: "between
-optimisation steps, the agent acts according to a fixed set of parameters"). By default one
-sample is shared by all parallel environments of a rollout; with agent.act_noise_per_env each
-environment holds its own sample for the rollout, as each of A3C's actor-learner threads held
-its own parameters (`per_env_noise_policy`). Either way the learner's loss and bootstrap values
+optimisation steps, the agent acts according to a fixed set of parameters"). With
+agent.act_noise_per_env (A2C's default in configs/noisynet.py) each environment holds its own
+sample for the rollout, as each of A3C's actor-learner threads held its own parameters
+(`per_env_noise_policy`); without it one sample is shared by all of them. Either way the learner's loss and bootstrap values
 for a transition use the sample it was acted with. Evaluation acts with noise on, a fresh
 sample each step (one per evaluation episode with agent.act_noise_per_env).
 
@@ -221,16 +221,16 @@ def draw_rollout_noise(
     return jax.random.normal(noise_key, (size,) if num_envs is None else (num_envs, size))
 
 
-def per_env_noise_policy(policy: Callable, num_envs: int) -> Callable:
+def per_env_noise_policy(policy: Callable) -> Callable:
     """`policy` with one noise sample per environment: (params, obs_NxO, noise_E) -> outputs.
 
-    The N = T * num_envs rows are in (time, env) order, as a flattened rollout and a batch of
-    env observations (T = 1) are; env e's rows are evaluated with noise_E[e] (an (E, Z) draw or E
-    keys), each env's rows as one batch sharing its sample.
+    noise_E holds E samples (an (E, Z) draw); the N = T * E rows are in (time, env) order, as a
+    flattened rollout and a batch of env observations (T = 1) are; env e's rows are evaluated
+    with noise_E[e], each env's rows as one batch sharing its sample.
     """
 
     def policy_per_env(params: Any, obs_NxO: jax.Array, noise_E: Any):
-        rows = obs_NxO.shape[0]
+        rows, num_envs = obs_NxO.shape[0], noise_E.shape[0]
         if rows % num_envs:
             raise ValueError(f"{rows} observation rows are not whole steps of {num_envs} envs")
         obs_TxExO = obs_NxO.reshape(rows // num_envs, num_envs, *obs_NxO.shape[1:])
@@ -307,7 +307,7 @@ def make_a2c_trainer(
     if network is None:
         network = make_actor_critic(config, num_actions)
     shared_policy = _policy_fn(network)
-    policy = per_env_noise_policy(shared_policy, num_envs) if per_env else shared_policy
+    policy = per_env_noise_policy(shared_policy) if per_env else shared_policy
     optimizer = make_optimizer(config.opt, total_updates)
 
     def init(rng: jax.Array) -> A2CState:
@@ -404,8 +404,7 @@ def make_a2c_trainer(
             )
             if mean_weights:  # every draw zero: the layers compute with mu alone
                 noise = jnp.zeros_like(noise)
-            eval_policy = per_env_noise_policy(shared_policy, episodes) if per_env else policy
-            logits_NxA, _ = eval_policy(state.params, obs_NxO, noise)
+            logits_NxA, _ = policy(state.params, obs_NxO, noise)
             return jax.random.categorical(act_key, logits_NxA)
 
         return evaluate_policy(env, env_params, act, rng, num_episodes)
@@ -472,7 +471,7 @@ def make_atari_a2c(config: ConfigDict, num_actions: int) -> AtariA2CAgent:
         """(logits_BxA, value_B) under the rollout's noise: shared, or env e's own per row."""
         if not per_env:
             return shared_policy(params, obs_BxHxWxS, noise)
-        return per_env_noise_policy(shared_policy, noise.shape[0])(params, obs_BxHxWxS, noise)
+        return per_env_noise_policy(shared_policy)(params, obs_BxHxWxS, noise)
 
     def init(rng: jax.Array, obs_example_1xHxWxS: jax.Array) -> A2CLearner:
         params_key, noise_key = jax.random.split(rng)

@@ -94,6 +94,9 @@ class AtariDQN(AtariHostMethod):
         super().__init__(config, mode=mode)
         self.agent, self._init, self.act, self.learn = _compiled_agent(config, self.num_actions)
         self.init_state = shared_init_state(self._init, self.obs_example)  # compiled once
+        num_envs, draw = self.num_envs, self.agent.draw_act_noise
+        self._draw_act_noise = jax.jit(lambda key, params: draw(key, params, num_envs))
+        self._held_noise: tuple[tuple, Any] | None = None  # (key identity, acting noise)
 
     def agent_label(self) -> str:
         name = {"dqn": "DQN", "dueling": "Dueling"}[self.config.agent.name]
@@ -128,11 +131,7 @@ class AtariDQN(AtariHostMethod):
         if not self.noisy:
             return None
         ident = (learning, learn_steps if learning else step)
-        held = getattr(self, "_held_noise", None)
-        if held is None or held[0] != ident:
-            if not hasattr(self, "_draw_act_noise"):
-                num_envs, draw = self.num_envs, self.agent.draw_act_noise
-                self._draw_act_noise = jax.jit(lambda key, p: draw(key, p, num_envs))
+        if self._held_noise is None or self._held_noise[0] != ident:
             key = self.acting_noise_key(step, learn_steps, learning)
             self._held_noise = (ident, self._draw_act_noise(key, params))
         return self._held_noise[1]

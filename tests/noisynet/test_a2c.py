@@ -202,7 +202,7 @@ def test_per_env_noise_gives_each_environment_its_own_sample_for_acting_and_lear
     obs_NxO = obs_NxO.at[1:num_envs].set(obs_NxO[0])  # every env sees the same state at t = 0
     params = network.init({"params": keys[1], "noise": keys[2]}, obs_NxO[:1])
     noise_ExZ = jax.random.normal(keys[3], (num_envs, network_noise_size(params, "independent")))
-    per_env = a2c.per_env_noise_policy(a2c._policy_fn(network), num_envs)
+    per_env = a2c.per_env_noise_policy(a2c._policy_fn(network))
 
     @jax.jit
     def outputs(params, obs_NxO, noise_ExZ):
