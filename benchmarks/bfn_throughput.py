@@ -60,44 +60,15 @@ def main() -> None:
         config.model.dtype = args.dtype
     apply_overrides(config, args.set)
 
-    experiment = BFN(config)
-    mesh = experiment.mesh
-    abstract = jax.eval_shape(experiment.init_state, jax.random.key(0))
-    shardings = mesh_lib.state_shardings(abstract, mesh)
-    state = jax.jit(experiment.init_state, out_shardings=shardings)(jax.random.key(0))
-    batch_sharding = mesh_lib.batch_sharding(mesh)
-    step_fn = jax.jit(
-        experiment.train_step,
-        in_shardings=(shardings, batch_sharding, mesh_lib.replicated(mesh)),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=(0,),
+    timing = time_train_step(config, steps=args.steps, warmup=args.warmup)
+    experiment, abstract, metrics = timing["experiment"], timing["abstract"], timing["metrics"]
+    steps_per_s, compile_s, xla_flops = (
+        timing["steps_per_s"],
+        timing["compile_s"],
+        timing["xla_flops"],
     )
+    peak, peak_kind = timing["peak_bytes"], timing["peak_kind"]
     batch_size = int(config.train.batch_size)
-    shape = (batch_size, *experiment.variable_shape)
-    levels = np.random.default_rng(0).integers(0, experiment.num_classes, shape, dtype=np.int32)
-    if experiment.flow.batch_dtype == np.int32:  # class indices
-        x = levels
-    else:  # continuous data: bin centres in [-1, 1]
-        x = ((2 * levels + 1) / experiment.num_classes - 1).astype(np.float32)
-    batch = jax.device_put({"x": jnp.asarray(x)}, batch_sharding)
-    rng = jax.random.key(1)
-
-    started = time.perf_counter()
-    compiled = step_fn.lower(state, batch, rng).compile()
-    xla_flops = _xla_flops(compiled)
-    state, metrics = step_fn(state, batch, rng)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - started
-    for _ in range(args.warmup):
-        state, metrics = step_fn(state, batch, rng)
-    jax.block_until_ready(metrics)
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = step_fn(state, batch, rng)
-    jax.block_until_ready((state, metrics))
-    seconds = time.perf_counter() - started
-    steps_per_s = args.steps / seconds
-    peak, peak_kind = peak_memory_bytes()
 
     device = jax.devices()[0]
     machine = f"{device.device_kind} x{jax.device_count()} ({jax.default_backend()}), {platform.processor() or platform.machine()}"
@@ -127,6 +98,57 @@ def main() -> None:
     )
     if args.record:
         record_row(ROOT / "benchmarks" / "RESULTS.md", row.replace(" --record", ""))
+
+
+def time_train_step(config, *, steps: int, warmup: int, seed: int = 0) -> dict:
+    """Build the variant and time its jitted, donating train step on random data of its shape."""
+    experiment = BFN(config)
+    mesh = experiment.mesh
+    abstract = jax.eval_shape(experiment.init_state, jax.random.key(seed))
+    shardings = mesh_lib.state_shardings(abstract, mesh)
+    state = jax.jit(experiment.init_state, out_shardings=shardings)(jax.random.key(seed))
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    step_fn = jax.jit(
+        experiment.train_step,
+        in_shardings=(shardings, batch_sharding, mesh_lib.replicated(mesh)),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    batch_size = int(config.train.batch_size)
+    shape = (batch_size, *experiment.variable_shape)
+    levels = np.random.default_rng(seed).integers(0, experiment.num_classes, shape, dtype=np.int32)
+    if experiment.flow.batch_dtype == np.int32:  # class indices
+        x = levels
+    else:  # continuous data: bin centres in [-1, 1]
+        x = ((2 * levels + 1) / experiment.num_classes - 1).astype(np.float32)
+    batch = jax.device_put({"x": jnp.asarray(x)}, batch_sharding)
+    rng = jax.random.key(seed + 1)
+
+    started = time.perf_counter()
+    compiled = step_fn.lower(state, batch, rng).compile()
+    xla_flops = _xla_flops(compiled)
+    state, metrics = step_fn(state, batch, rng)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - started
+    for _ in range(warmup):
+        state, metrics = step_fn(state, batch, rng)
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step_fn(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    seconds = time.perf_counter() - started
+    peak, peak_kind = peak_memory_bytes()
+    return {
+        "experiment": experiment,
+        "abstract": abstract,
+        "metrics": metrics,
+        "steps_per_s": steps / seconds,
+        "compile_s": compile_s,
+        "xla_flops": xla_flops,
+        "peak_bytes": peak,
+        "peak_kind": peak_kind,
+    }
 
 
 def _xla_flops(compiled) -> float:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from deepgen.core.errors import ConfigError
 from deepgen.core.train_state import count_params  # noqa: F401 (re-exported)
+from deepgen.layers import conv as conv_lib
 
 _GROUP_NORM_EPS = 1e-5  # PyTorch nn.GroupNorm default, used by improved-diffusion's GroupNorm32.
 
@@ -87,6 +88,10 @@ def torch_conv(
         param_dtype=jnp.float32,
         kernel_init=nn.initializers.zeros if zero else _torch_kernel_init(),
         bias_init=nn.initializers.zeros if zero else _torch_bias_init(in_channels * kernel**2),
+        # The CPU's kernel gradient as GEMMs (deepgen/layers/conv.py); elsewhere XLA's own.
+        conv_general_dilated=conv_lib.conv_general_dilated
+        if conv_lib.gemm_weight_grad_default()
+        else None,
         name=name,
     )
 

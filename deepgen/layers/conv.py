@@ -1,0 +1,147 @@
+"""A drop-in `lax.conv_general_dilated` whose kernel gradient is one GEMM per kernel offset.
+
+For a convolution y[b, i, j, o] = sum_{p, q, c} x_pad[b, s i + p, s j + q, c] w[p, q, c, o] the
+kernel gradient is dw[p, q, c, o] = sum_{b, i, j} x_pad[b, s i + p, s j + q, c] g[b, i, j, o]: for
+each of the kh x kw offsets, a matrix product over the B x H' x W' positions. XLA's CPU backend
+lowers that gradient as a convolution whose window is the whole image (28 x 28 for the MNIST
+U-Net), which runs at well under half the speed of the forward convolution; the per-offset
+products run at GEMM speed. The forward pass and the input gradient stay XLA's convolutions.
+Used on the CPU only (`gemm_weight_grad_default`); GPU and TPU keep XLA's own gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def gemm_weight_grad_default() -> bool:
+    """Whether convolutions take the per-offset GEMM kernel gradient here: on the CPU backend."""
+    return jax.default_backend() == "cpu"
+
+
+def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
+    """Whether the dimension numbers are NHWC input, HWIO kernel, NHWC output (2-D only)."""
+    if ndim != 4 or dimension_numbers is None:
+        return False
+    expected = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _NHWC)
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return dimension_numbers == expected
+    return tuple(dimension_numbers) == _NHWC
+
+
+def _xla_conv(x, w, strides, padding, precision):
+    return lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=_NHWC, precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_nhwc(x_BxHxWxC, w_KxKxCxO, strides, padding, precision):
+    return _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, precision)
+
+
+def _conv_nhwc_fwd(x_BxHxWxC, w_KxKxCxO, strides, padding, precision):
+    y = _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, precision)
+    return y, (x_BxHxWxC, w_KxKxCxO)
+
+
+def _conv_nhwc_bwd(strides, padding, precision, residuals, g_BxHoxWoxO):
+    x_BxHxWxC, w_KxKxCxO = residuals
+    _, input_vjp = jax.vjp(
+        lambda x: _xla_conv(x, w_KxKxCxO, strides, padding, precision), x_BxHxWxC
+    )
+    (dx_BxHxWxC,) = input_vjp(g_BxHoxWoxO)
+    dw_KxKxCxO = kernel_grad_by_gemm(
+        x_BxHxWxC, g_BxHoxWoxO, w_KxKxCxO.shape, strides, padding, precision
+    ).astype(w_KxKxCxO.dtype)
+    return dx_BxHxWxC, dw_KxKxCxO
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def kernel_grad_by_gemm(
+    x_BxHxWxC: jax.Array,
+    g_BxHoxWoxO: jax.Array,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    precision: Any = None,
+) -> jax.Array:
+    """The kernel gradient of an NHWC/HWIO convolution as kh x kw GEMMs, accumulated in at
+    least float32."""
+    kh, kw, _, _ = kernel_shape
+    sh, sw = strides
+    (top, bottom), (left, right) = padding
+    _, ho, wo, _ = g_BxHoxWoxO.shape
+    x_pad = jnp.pad(x_BxHxWxC, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    batch, channels = x_pad.shape[0], x_pad.shape[3]
+    accumulate = jnp.promote_types(jnp.result_type(x_BxHxWxC, g_BxHoxWoxO), jnp.float32)
+    # (O, B H' W'): the cotangent's rows, shared by every offset (XLA reads it transposed).
+    g_OxN = g_BxHoxWoxO.reshape(-1, g_BxHoxWoxO.shape[-1]).T
+    rows = []
+    for p in range(kh):
+        row = []
+        for q in range(kw):
+            window_NxC = lax.slice(
+                x_pad,
+                (0, p, q, 0),
+                (batch, p + sh * (ho - 1) + 1, q + sw * (wo - 1) + 1, channels),
+                (1, sh, sw, 1),
+            ).reshape(-1, channels)
+            dw_OxC = jnp.dot(
+                g_OxN, window_NxC, precision=precision, preferred_element_type=accumulate
+            )
+            row.append(dw_OxC.T)
+        rows.append(jnp.stack(row))
+    return jnp.stack(rows)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` with the per-offset GEMM kernel gradient for plain 2-D NHWC/HWIO
+    convolutions with explicit padding (any kernel size and stride); anything else is lax's."""
+    plain = (
+        _is_nhwc_hwio(dimension_numbers, lhs.ndim)
+        and not isinstance(padding, str)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+    )
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)

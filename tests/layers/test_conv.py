@@ -1,0 +1,105 @@
+"""The per-offset GEMM kernel gradient equals XLA's convolution gradient, exactly in float64."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from deepgen.layers import conv as conv_lib
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture
+def float64():
+    """float64 for exact comparisons (thread-local; restored afterwards)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def _inputs(shape_x, shape_w, shape_g, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.normal(size=s)) for s in (shape_x, shape_w, shape_g))
+
+
+# (kernel, stride, padding, input height, input width): 3x3 same, the U-Net's stride-2 down-sampler,
+# 1x1 skips, an asymmetric kernel and padding, an input whose size the stride does not divide.
+CASES = [
+    (3, 1, ((1, 1), (1, 1)), 7, 6),
+    (3, 2, ((1, 1), (1, 1)), 8, 8),
+    (3, 2, ((1, 1), (1, 1)), 7, 7),
+    (1, 1, ((0, 0), (0, 0)), 5, 4),
+    ((2, 3), 1, ((0, 1), (2, 0)), 6, 5),
+]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, height, width", CASES)
+def test_forward_and_both_gradients_equal_lax(float64, kernel, stride, padding, height, width):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    batch, channels, features = 2, 3, 4
+    x, w, _ = _inputs((batch, height, width, channels), (kh, kw, channels, features), (1,))
+
+    def loss(conv, x, w):
+        y = conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
+
+    ours = jax.value_and_grad(lambda x, w: loss(conv_lib.conv_general_dilated, x, w), (0, 1))(x, w)
+    reference = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1))(x, w)
+    np.testing.assert_allclose(ours[0], reference[0], rtol=1e-12)
+    np.testing.assert_allclose(ours[1][0], reference[1][0], rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(ours[1][1], reference[1][1], rtol=1e-11, atol=1e-11)
+
+
+def test_kernel_gradient_equals_a_direct_sum_over_positions(float64):
+    """dw[p, q, c, o] = sum_{b, i, j} x_pad[b, s i + p, s j + q, c] g[b, i, j, o], by loops."""
+    stride, padding = 2, ((1, 1), (1, 1))
+    x, w, g = _inputs((2, 5, 5, 3), (3, 3, 3, 2), (2, 3, 3, 2))
+    ours = conv_lib.kernel_grad_by_gemm(x, g, w.shape, (stride, stride), padding)
+    x_pad = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    expected = np.zeros(w.shape)
+    for p in range(3):
+        for q in range(3):
+            for i in range(3):
+                for j in range(3):
+                    patch = x_pad[:, stride * i + p, stride * j + q, :]  # (B, C)
+                    expected[p, q] += patch.T @ np.asarray(g)[:, i, j, :]
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_other_convolutions_fall_through_to_lax(float64):
+    """String padding, dilation and grouped convolutions are lax's own, value for value."""
+    x, w, grouped_w = _inputs((1, 6, 6, 4), (3, 3, 4, 4), (3, 3, 2, 4))
+    for kwargs in (
+        dict(padding="SAME"),
+        dict(padding=((1, 1), (1, 1)), rhs_dilation=(2, 2)),
+        dict(padding=((1, 1), (1, 1)), feature_group_count=2),
+    ):
+        padding = kwargs.pop("padding")
+        w = grouped_w if "feature_group_count" in kwargs else w
+        ours = conv_lib.conv_general_dilated(
+            x, w, (1, 1), padding, dimension_numbers=NHWC, **kwargs
+        )
+        reference = lax.conv_general_dilated(
+            x, w, (1, 1), padding, dimension_numbers=NHWC, **kwargs
+        )
+        np.testing.assert_array_equal(ours, reference)
+
+
+def test_flax_conv_with_the_hook_trains_like_the_plain_conv(float64):
+    """nn.Conv(conv_general_dilated=...) (how deepgen.bfn wires it): same output and gradients."""
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 6, 3)))
+
+    def make(hook):
+        return nn.Conv(
+            5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), conv_general_dilated=hook
+        )
+
+    params = make(None).init(jax.random.key(0), x)
+    grads = []
+    for hook in (None, conv_lib.conv_general_dilated):
+        module = make(hook)
+        grads.append(jax.grad(lambda p, module=module: jnp.sum(module.apply(p, x) ** 3))(params))
+    for ours, reference in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0]), strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-11, atol=1e-11)
