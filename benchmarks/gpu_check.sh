@@ -14,6 +14,16 @@ B="python3 benchmarks/bfn_throughput.py --steps 15 --warmup 3"
 timeout 150 $B --variant=text8 --batch_size=64 --dtype=bfloat16 --set model.attention_impl=cudnn 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
 timeout 100 $B --variant=cifar10_256d --batch_size=32 --dtype=bfloat16 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
 timeout 80 $B --variant=cifar10_256d --batch_size=32 --dtype=float32 2>&1 | grep -E "variant=|Error|error" | tee -a "$LOG"
+# BFN against the official PyTorch code, side by side (issue 19 item 1), where the device has torch
+# and the checkout travels as the ignored folder .official_bfn/ (run's carry: [".official_bfn"];
+# `git -C MIRROR archive HEAD | tar -x -C .official_bfn` from the fetched nnaisense repository).
+if [ -f .official_bfn/model.py ] && python3 -c "import torch, yaml" >/dev/null 2>&1; then
+  for DTYPE in float32 bfloat16; do
+    timeout 200 python3 benchmarks/bfn_vs_official.py --official .official_bfn --rounds 1 --steps 10 \
+      --warmup 3 --dtype $DTYPE --batch mnist=64,cifar10=32,text8=32 \
+      --out=${OUT:-/tmp}/bfn_vs_official_$DTYPE.json 2>&1 | grep -E "^[|]|^20|Error|error|failed" | tee -a "$LOG"
+  done
+fi
 # The one runner on the device's JAX (0.11.x, Python 3.12): the template method trains, evaluates
 # and samples through experiments.main.
 for MODE in train eval sample; do
