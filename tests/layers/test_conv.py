@@ -103,3 +103,20 @@ def test_flax_conv_with_the_hook_trains_like_the_plain_conv(float64):
         grads.append(jax.grad(lambda p, module=module: jnp.sum(module.apply(p, x) ** 3))(params))
     for ours, reference in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0]), strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-11, atol=1e-11)
+
+
+def test_the_kernel_gradient_keeps_one_window_alive():
+    """Temporary memory of a stack's gradient within 1.5x of XLA's own (unrolled offsets: 4x)."""
+    x = jnp.ones((4, 16, 16, 32))
+    kernels = [jnp.full((3, 3, 32, 32), 0.01) for _ in range(6)]
+
+    def temp_bytes(conv):
+        def loss(kernels, x):
+            for w in kernels:
+                x = jnp.tanh(conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC))
+            return jnp.sum(x**2)
+
+        compiled = jax.jit(jax.grad(loss)).lower(kernels, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(conv_lib.conv_general_dilated) <= 1.5 * temp_bytes(lax.conv_general_dilated)
