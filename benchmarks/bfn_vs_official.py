@@ -18,7 +18,7 @@ alternating first and second from round to round, so both see the same machine i
 run. Steps/s is measured over --steps steps after --warmup steps (compilation included in the
 warm-up for deepgen); the table reports the median over rounds and the ratio deepgen/official.
 Peak memory is the device's peak where the backend reports it (GPU), else the child's peak RSS
-(VmHWM), runtime included. Model GFLOP/s is the FLOPs of deepgen's compiled step (XLA's count;
+(VmHWM), runtime included. Model GFLOP/s is the FLOPs of deepgen's step (XLA's count of the unoptimised step;
 the same model on both sides: the parameter counts agree) times each side's steps/s; beside it,
 the best float32 2048^3 matmul rate of each framework in the same child, the machine's practical
 ceiling. The official side needs torch and numpy (and pyyaml); `--official_python`
@@ -236,7 +236,7 @@ def deepgen_child(args: argparse.Namespace) -> dict:
     sgemm = jax_sgemm_gflops()
     return {
         "sgemm_gflops": sgemm,
-        "xla_flops": timing["xla_flops"],
+        "xla_flops": model_flops(config, seed=args.seed),
         "steps_per_s": timing["steps_per_s"],
         "warmup_s": total_s - args.steps / timing["steps_per_s"],
         "compile_s": timing["compile_s"],
@@ -247,6 +247,33 @@ def deepgen_child(args: argparse.Namespace) -> dict:
         "version": f"jax {jax.__version__}",
         "device": f"{device.device_kind} ({device.platform})",
     }
+
+
+def model_flops(config, *, seed: int = 0) -> float:
+    """FLOPs of one train step by XLA's count of the unoptimised step, traced with XLA's own conv
+    gradients: the compiled step's count takes a loop body once, and the kernel gradient of
+    deepgen/layers/conv.py is a loop over kernel offsets."""
+    import jax
+    import numpy as np
+
+    from deepgen.layers import conv as conv_lib
+    from experiments.bfn.method import BFN
+
+    default = conv_lib.gemm_weight_grad_default
+    conv_lib.gemm_weight_grad_default = lambda: False
+    try:
+        experiment = BFN(config)
+        state = jax.eval_shape(experiment.init_state, jax.random.key(seed))
+        shape = (int(config.train.batch_size), *experiment.variable_shape)
+        dtype = np.int32 if experiment.flow.batch_dtype == np.int32 else np.float32
+        batch = {"x": jax.ShapeDtypeStruct(shape, dtype)}
+        lowered = jax.jit(experiment.train_step).lower(state, batch, jax.random.key(seed))
+        analysis = lowered.cost_analysis()
+    finally:
+        conv_lib.gemm_weight_grad_default = default
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", 0.0))
 
 
 def run_child(args: argparse.Namespace, implementation: str, model: str, batch: int) -> dict:
