@@ -43,6 +43,10 @@ def _base(dataset: str) -> ConfigDict:
     # Robotic Pushing (Finn et al. 2016): 64 x 64 RGB [recalled].
     config.data.image_side = 64
     config.data.max_train_sequences = 0  # 0: every training record
+    # Moving MNIST: the network sees x ~ Bernoulli(grey) frames (context and the current frame's
+    # earlier pixels), drawn afresh each step, and is scored against the grey values, so that
+    # the binary frames it samples are frames of the kind it was trained on [ours].
+    config.data.binarize_inputs = False
 
     config.model = ConfigDict()
     config.model.channels = 256  # 2c between blocks [recalled]

@@ -58,6 +58,7 @@ DATASETS = ("moving_mnist", "robot_push")
 TEST_SETS = ("generated", "standard")
 PUSH_SPLITS = robot_push.SPLITS
 QUICK_SEQUENCES = 8
+HELDOUT_BINARISE_STREAM = 1_000_033  # np.random.default_rng([test seed, this]) binarises inputs
 BASELINE_FIT_SEQUENCES = 64
 # Smoothing weights s tried for the copy baseline: near 0 (copy) to near 1 (the mean pixel alone).
 SMOOTHING_GRID = np.concatenate([np.geomspace(1e-4, 0.5, 30), np.linspace(0.55, 0.99, 12)])
@@ -86,6 +87,7 @@ class VPNMethod(Method):
         check.one_of("model.unit", vpn.UNITS)
         check.boolean("model.pixel_dependencies")
         check.boolean("model.context_every_unit")
+        check.boolean("data.binarize_inputs")
         check.positive(
             "model.channels",
             "model.hidden",
@@ -138,12 +140,18 @@ class VPNMethod(Method):
                 )
         else:
             check.positive("data.image_side")
+            check(
+                not config.data.binarize_inputs,
+                "data.binarize_inputs",
+                "False for robot_push (its frames are 256-way colour values)",
+            )
             check.one_of("eval.split", PUSH_SPLITS)
         check.divisible_by_devices()
 
     def __init__(self, config: ConfigDict, *, mode: str = "train"):
         super().__init__(config, mode=mode)
         self.mnist = config.data.name == "moving_mnist"
+        self.binarize_inputs = self.mnist and bool(config.data.binarize_inputs)
         m = config.model
         channels = 1 if self.mnist else 3
         self.model = vpn.VideoPixelNetwork(
@@ -262,19 +270,33 @@ class VPNMethod(Method):
                     data_dir=config.data.test_dir or config.data.dir,
                     num_sequences=limit or None,
                 )
-                return {"frames": split.videos_NxTxHxWx1}, "standard test", split.source
+                return self._with_inputs(split.videos_NxTxHxWx1), "standard test", split.source
             moving = self._moving("test")
             count = limit or int(config.eval.num_sequences) or 1000
             what = (
                 f"Moving MNIST from {moving.num_source_digits} test digits of {moving.source}, "
                 f"seed {moving_mnist.FIXED_TEST_SEED}"
             )
-            return {"frames": moving.batch(np.arange(count))}, "held-out test digits", what
+            return self._with_inputs(moving.batch(np.arange(count))), "held-out test digits", what
         split = str(config.eval.split)
         push = self._push(split, limit or None)
         batch = {"frames": push.frames_NxTxHxWx3, "actions": push.actions_NxTxA}
         batch["states"] = push.states_NxTxS
         return self._video_batch(batch), split, push.source
+
+    def _with_inputs(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """Held-out videos; with data.binarize_inputs also the binary frames the network sees.
+
+        The binarisation is drawn once from a fixed generator, so every eval and sample of a run
+        sees the same binary inputs (the targets stay the grey frames).
+        """
+        videos = {"frames": frames}
+        if self.binarize_inputs:
+            rng = np.random.default_rng([moving_mnist.FIXED_TEST_SEED, HELDOUT_BINARISE_STREAM])
+            videos["inputs"] = (rng.random(frames.shape, dtype=np.float32) < frames).astype(
+                np.float32
+            )
+        return videos
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -295,15 +317,24 @@ class VPNMethod(Method):
         )
 
     def frame_nats(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
-        """Nats of frames 1 .. T - 1 of each video given the true past: B x (T - 1)."""
-        logits = self.model.apply({"params": params}, batch["frames"], batch.get("conditions"))
+        """Nats of frames 1 .. T - 1 of each video given the true past: B x (T - 1).
+
+        The network sees batch["inputs"] when given (binary frames), and is scored against the
+        grey batch["frames"].
+        """
+        inputs = batch.get("inputs", batch["frames"])
+        logits = self.model.apply({"params": params}, inputs, batch.get("conditions"))
         return losses.frame_nats(logits=logits, frames=batch["frames"][:, 1:])
 
     def train_step(
         self, state: VPNState, batch: Mapping[str, jax.Array], rng: jax.Array
     ) -> tuple[VPNState, dict]:
-        """One step on the mean nats per scored dimension (the model has no randomness)."""
-        del rng
+        """One step on the mean nats per scored dimension (binary inputs drawn from rng if set)."""
+        if self.binarize_inputs:
+            frames = batch["frames"]
+            step_rng = jax.random.fold_in(rng, state.step)
+            binary = jax.random.uniform(step_rng, frames.shape, frames.dtype) < frames
+            batch = {**batch, "inputs": binary.astype(frames.dtype)}
         first = int(self.config.train.first_scored_frame)
         dims = math.prod(batch["frames"].shape[2:])
 
@@ -482,11 +513,10 @@ class VPNMethod(Method):
         noise = sampling.draw_noise(
             key, (count, num_future, *frames.shape[2:]), self.model.num_values
         )
+        context_inputs = videos.get("inputs", frames)[:, :context]
         generated = np.asarray(
             jax.device_get(
-                self._sample_fn()(
-                    state.params, frames[:, :context], noise, videos.get("conditions")
-                )
+                self._sample_fn()(state.params, context_inputs, noise, videos.get("conditions"))
             )
         )
         tracker.advance()

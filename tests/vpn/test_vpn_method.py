@@ -75,6 +75,49 @@ def test_moving_mnist_eval_is_the_soft_target_cross_entropy_beside_its_floor_and
     assert report["baseline_nats_per_frame"] > floor and 0 < s < 1 and 0 < m < 1
 
 
+def test_binary_inputs_are_bernoulli_draws_of_the_grey_frames_scored_against_the_grey_values():
+    config = vpn_configs.get_config("smoke")
+    config.data.binarize_inputs = True
+    method = VPNMethod(config, mode="eval")
+    state = method.init_state(jax.random.key(0))
+    report = method.evaluate(state, step=0, quick=False, progress=no_progress)
+    videos, _, _ = method._heldout(quick=False)
+    frames, inputs = videos["frames"].astype(np.float64), videos["inputs"]
+    # The held-out inputs: binary, on where the frame is 1, off where it is 0, and on as often as
+    # the grey values say (a Bernoulli draw per pixel; 5 standard errors).
+    assert set(np.unique(inputs)) <= {0.0, 1.0}
+    assert np.all(inputs[frames == 1.0] == 1.0) and np.all(inputs[frames == 0.0] == 0.0)
+    grey = (frames > 0) & (frames < 1)
+    draws, probs = inputs[grey], frames[grey]
+    spread = math.sqrt(float(np.sum(probs * (1 - probs))))
+    assert abs(float(draws.sum() - probs.sum())) < 5 * spread
+    # The model sees the binary frames; the targets and the floor stay the grey ones.
+    context = config.data.context_frames
+    logits = np.asarray(method.model.apply({"params": state.params}, inputs))
+    p = 1.0 / (1.0 + np.exp(-logits[:, context - 1 :, ..., 0].astype(np.float64)))
+    z = frames[:, context:]
+    nats = -(z * np.log(p) + (1 - z) * np.log(1 - p)).sum(axis=(2, 3, 4)).mean()
+    assert report["nats_per_frame"] == pytest.approx(nats, rel=1e-5)
+    assert report["entropy_floor_nats_per_frame"] == pytest.approx(
+        entropy_nats(z).sum(axis=(2, 3, 4)).mean(), rel=1e-5
+    )
+
+    # Training: a fresh draw every step; on frames already binary the draw is the frame itself,
+    # so the step is the grey-input step exactly.
+    grey_method = VPNMethod(vpn_configs.get_config("smoke"), mode="eval")
+    rng = jax.random.key(3)
+    batch = {"frames": jax.numpy.asarray(frames[:2].astype(np.float32))}
+    step = jax.jit(method.train_step)
+    loss_0 = float(step(state, batch, rng)[1]["loss"])
+    loss_1 = float(step(state.replace(step=state.step + 1), batch, rng)[1]["loss"])
+    assert loss_0 != loss_1
+    assert loss_0 != float(jax.jit(grey_method.train_step)(state, batch, rng)[1]["loss"])
+    binary = {"frames": jax.numpy.asarray(inputs[:2])}
+    assert float(step(state, binary, rng)[1]["loss"]) == pytest.approx(
+        float(jax.jit(grey_method.train_step)(state, binary, rng)[1]["loss"]), rel=1e-6
+    )
+
+
 def test_the_standard_test_set_is_read_from_its_npy_file(tmp_path):
     rng = np.random.default_rng(0)
     standard = rng.integers(0, 256, (20, 3, 64, 64), dtype=np.uint8)  # time-major, as published
@@ -154,6 +197,10 @@ def test_the_push_model_sees_actions_and_only_the_context_states():
     ("extra", "expected"),
     [
         (["--config=configs/vpn.py:push_smoke"], "data.dir"),
+        (
+            ["--config=configs/vpn.py:push_smoke", "--config.data.binarize_inputs=True"],
+            "data.binarize_inputs",
+        ),
         (["--config=configs/vpn.py:smoke", "--config.data.test_set=standard"], "data.test_set"),
         (["--config=configs/vpn.py:smoke", "--config.model.kernel_size=4"], "model.kernel_size"),
         (
