@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FLAGS = (
     "--xla_backend_optimization_level=1",
     "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false",
+    "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
+    " --xla_llvm_disable_expensive_passes=true",
 )
 
 

@@ -8,6 +8,7 @@ starts with an empty cache.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,9 +33,16 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 # XLA's CPU fusion emitters compile about a quarter slower than its older LLVM emitters and run
 # no faster at these sizes: the init and train-step compiles of four smoke models took 14.7-14.9 s
 # without them against 19.2-19.3 s with them, each step as fast (benchmarks/compile_flags.py).
+#
+# LLVM's expensive passes off: the same compiles took 33.9 s against 39.6 s (2026-12-07, session
+# 15, `benchmarks/compile_flags.py`, each step as fast).
 # An XLA that does not know a flag aborts at start-up, so the flags are added only once a child
 # process has started JAX with them (in pytest's first process; its workers inherit them).
-TEST_XLA_FLAGS = ("--xla_backend_optimization_level=1", "--xla_cpu_use_fusion_emitters=false")
+TEST_XLA_FLAGS = (
+    "--xla_backend_optimization_level=1",
+    "--xla_cpu_use_fusion_emitters=false",
+    "--xla_llvm_disable_expensive_passes=true",
+)
 
 
 def _xla_accepts(flags: str) -> bool:
@@ -51,6 +59,12 @@ if os.environ.get("DEEPGEN_TEST_XLA_FLAGS_SET") != "1":
         _all = " ".join([_given, *[f for f in _new if _xla_accepts(f"{_given} {f}")]]).strip()
     os.environ["XLA_FLAGS"] = _all
     os.environ["DEEPGEN_TEST_XLA_FLAGS_SET"] = "1"
+
+# Tests press Ctrl-C (in this process and in the runs they start). A suite started with SIGINT
+# ignored (a background job of a non-interactive shell, nohup) would pass that on to every worker
+# and child, and those tests would wait out their timeouts: give Python's handler back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
