@@ -9,7 +9,9 @@ products run at GEMM speed (1.38x on the MNIST U-Net's train step). The offsets 
 that one window is alive at a time: unrolled, XLA kept every window of a layer alive (4x the
 temporary memory of XLA's own gradient on a stack of eight convolutions, 1.1x in the scan). The
 forward pass and the input gradient stay XLA's convolutions.
-Used on the CPU only (`gemm_weight_grad_default`); GPU and TPU keep XLA's own gradient.
+Used on the CPU only (`gemm_weight_grad_default`, `default_conv_general_dilated`); GPU and TPU keep
+XLA's own gradient. On this VM (2026-12-07) XLA's kernel gradient of a VPN-sized convolution (152 x
+32 x 32 x 24, 3 x 3, 24 features) took 609 ms against 120 ms by GEMMs and 30 ms for the forward.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def gemm_weight_grad_default() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def default_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
+    """`conv_general_dilated` below on the CPU, lax's own elsewhere (chosen when traced)."""
+    if gemm_weight_grad_default():
+        return conv_general_dilated(*args, **kwargs)
+    return lax.conv_general_dilated(*args, **kwargs)
+
+
 def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
     """Whether the dimension numbers are NHWC input, HWIO kernel, NHWC output (2-D only)."""
     if ndim != 4 or dimension_numbers is None:
@@ -40,30 +49,30 @@ def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
     return tuple(dimension_numbers) == _NHWC
 
 
-def _xla_conv(x, w, strides, padding, precision):
+def _xla_conv(x, w, strides, padding, dilation, precision):
     return lax.conv_general_dilated(
-        x, w, strides, padding, dimension_numbers=_NHWC, precision=precision
+        x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC, precision=precision
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_nhwc(x_BxHxWxC, w_KxKxCxO, strides, padding, precision):
-    return _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_nhwc(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision):
+    return _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision)
 
 
-def _conv_nhwc_fwd(x_BxHxWxC, w_KxKxCxO, strides, padding, precision):
-    y = _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, precision)
+def _conv_nhwc_fwd(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision):
+    y = _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision)
     return y, (x_BxHxWxC, w_KxKxCxO)
 
 
-def _conv_nhwc_bwd(strides, padding, precision, residuals, g_BxHoxWoxO):
+def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, g_BxHoxWoxO):
     x_BxHxWxC, w_KxKxCxO = residuals
     _, input_vjp = jax.vjp(
-        lambda x: _xla_conv(x, w_KxKxCxO, strides, padding, precision), x_BxHxWxC
+        lambda x: _xla_conv(x, w_KxKxCxO, strides, padding, dilation, precision), x_BxHxWxC
     )
     (dx_BxHxWxC,) = input_vjp(g_BxHoxWoxO)
     dw_KxKxCxO = kernel_grad_by_gemm(
-        x_BxHxWxC, g_BxHoxWoxO, w_KxKxCxO.shape, strides, padding, precision
+        x_BxHxWxC, g_BxHoxWoxO, w_KxKxCxO.shape, strides, padding, precision, dilation
     ).astype(w_KxKxCxO.dtype)
     return dx_BxHxWxC, dw_KxKxCxO
 
@@ -78,11 +87,13 @@ def kernel_grad_by_gemm(
     strides: Sequence[int],
     padding: Sequence[tuple[int, int]],
     precision: Any = None,
+    dilation: Sequence[int] = (1, 1),
 ) -> jax.Array:
     """The kernel gradient of an NHWC/HWIO convolution as kh x kw GEMMs, accumulated in at
-    least float32."""
+    least float32 (kernel dilation d: offset (p, q) reads the input from (d p, d q))."""
     kh, kw, _, _ = kernel_shape
     sh, sw = strides
+    dh, dw = dilation
     (top, bottom), (left, right) = padding
     _, ho, wo, _ = g_BxHoxWoxO.shape
     x_pad = jnp.pad(x_BxHxWxC, ((0, 0), (top, bottom), (left, right), (0, 0)))
@@ -106,7 +117,7 @@ def kernel_grad_by_gemm(
         )
         return None, dw_OxC.T
 
-    offsets = jnp.array([(p, q) for p in range(kh) for q in range(kw)], jnp.int32)
+    offsets = jnp.array([(dh * p, dw * q) for p in range(kh) for q in range(kw)], jnp.int32)
     _, dw_KKxCxO = lax.scan(offset_grad, None, offsets)
     return dw_KKxCxO.reshape(kh, kw, *dw_KKxCxO.shape[1:])
 
@@ -125,7 +136,8 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
 ) -> jax.Array:
     """`lax.conv_general_dilated` with the per-offset GEMM kernel gradient for plain 2-D NHWC/HWIO
-    convolutions with explicit padding (any kernel size and stride); anything else is lax's."""
+    convolutions with explicit padding (any kernel size, stride and kernel dilation); anything
+    else is lax's."""
     plain = (
         _is_nhwc_hwio(dimension_numbers, lhs.ndim)
         and not isinstance(padding, str)
@@ -133,7 +145,6 @@ def conv_general_dilated(
         and batch_group_count == 1
         and preferred_element_type is None
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
     )
     if not plain:
         return lax.conv_general_dilated(
@@ -150,4 +161,6 @@ def conv_general_dilated(
             preferred_element_type=preferred_element_type,
         )
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+    strides = tuple(int(s) for s in window_strides)
+    dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
+    return _conv_nhwc(lhs, rhs, strides, pads, dilation, precision)

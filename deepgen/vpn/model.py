@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepgen.layers import conv as conv_lib
 from deepgen.layers.masked_conv import pixelcnn_mask
 from deepgen.layers.multiplicative import multiplicative_unit
 
@@ -57,7 +58,7 @@ def _conv(x_BxHxWxC: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
     """Stride-1 'same' convolution (cross-correlation) with zero padding and a dilation."""
     pad = dilation * (kernel.shape[0] // 2)
     dtype = jnp.result_type(x_BxHxWxC, kernel)
-    return jax.lax.conv_general_dilated(
+    return conv_lib.default_conv_general_dilated(  # GEMM kernel gradient on CPU
         x_BxHxWxC.astype(dtype),
         kernel.astype(dtype),
         window_strides=(1, 1),

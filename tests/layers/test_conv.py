@@ -28,6 +28,8 @@ def _inputs(shape_x, shape_w, shape_g, seed=0):
 # 1x1 skips, an asymmetric kernel and padding, an input whose size the stride does not divide.
 CASES = [
     (3, 1, ((1, 1), (1, 1)), 7, 6),
+    (3, 1, ((2, 2), (2, 2)), 7, 6, 2),  # dilated, as VPN's encoder and ByteNet-style stacks
+    (3, 2, ((4, 3), (3, 4)), 9, 8, 3),
     (3, 2, ((1, 1), (1, 1)), 8, 8),
     (3, 2, ((1, 1), (1, 1)), 7, 7),
     (1, 1, ((0, 0), (0, 0)), 5, 4),
@@ -35,14 +37,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel, stride, padding, height, width", CASES)
-def test_forward_and_both_gradients_equal_lax(float64, kernel, stride, padding, height, width):
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_both_gradients_equal_lax(float64, case):
+    kernel, stride, padding, height, width = case[:5]
+    dilation = (case[5],) * 2 if len(case) > 5 else None
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     batch, channels, features = 2, 3, 4
     x, w, _ = _inputs((batch, height, width, channels), (kh, kw, channels, features), (1,))
 
     def loss(conv, x, w):
-        y = conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)
+        y = conv(x, w, (stride, stride), padding, rhs_dilation=dilation, dimension_numbers=NHWC)
         return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
 
     ours = jax.value_and_grad(lambda x, w: loss(conv_lib.conv_general_dilated, x, w), (0, 1))(x, w)
@@ -52,28 +56,30 @@ def test_forward_and_both_gradients_equal_lax(float64, kernel, stride, padding, 
     np.testing.assert_allclose(ours[1][1], reference[1][1], rtol=1e-11, atol=1e-11)
 
 
-def test_kernel_gradient_equals_a_direct_sum_over_positions(float64):
-    """dw[p, q, c, o] = sum_{b, i, j} x_pad[b, s i + p, s j + q, c] g[b, i, j, o], by loops."""
-    stride, padding = 2, ((1, 1), (1, 1))
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_kernel_gradient_equals_a_direct_sum_over_positions(float64, dilation):
+    """dw[p, q, c, o] = sum_{b, i, j} x_pad[b, s i + d p, s j + d q, c] g[b, i, j, o], by loops."""
+    stride, d = 2, dilation
+    padding = ((d, d), (d, d))
     x, w, g = _inputs((2, 5, 5, 3), (3, 3, 3, 2), (2, 3, 3, 2))
-    ours = conv_lib.kernel_grad_by_gemm(x, g, w.shape, (stride, stride), padding)
-    x_pad = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ours = conv_lib.kernel_grad_by_gemm(x, g, w.shape, (stride, stride), padding, None, (d, d))
+    x_pad = np.pad(np.asarray(x), ((0, 0), (d, d), (d, d), (0, 0)))
     expected = np.zeros(w.shape)
     for p in range(3):
         for q in range(3):
             for i in range(3):
                 for j in range(3):
-                    patch = x_pad[:, stride * i + p, stride * j + q, :]  # (B, C)
+                    patch = x_pad[:, stride * i + d * p, stride * j + d * q, :]  # (B, C)
                     expected[p, q] += patch.T @ np.asarray(g)[:, i, j, :]
     np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_other_convolutions_fall_through_to_lax(float64):
-    """String padding, dilation and grouped convolutions are lax's own, value for value."""
+    """String padding, input dilation and grouped convolutions are lax's own, value for value."""
     x, w, grouped_w = _inputs((1, 6, 6, 4), (3, 3, 4, 4), (3, 3, 2, 4))
     for kwargs in (
         dict(padding="SAME"),
-        dict(padding=((1, 1), (1, 1)), rhs_dilation=(2, 2)),
+        dict(padding=((1, 1), (1, 1)), lhs_dilation=(2, 2)),
         dict(padding=((1, 1), (1, 1)), feature_group_count=2),
     ):
         padding = kwargs.pop("padding")
