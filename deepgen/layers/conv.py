@@ -20,6 +20,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -49,30 +50,42 @@ def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
     return tuple(dimension_numbers) == _NHWC
 
 
-def _xla_conv(x, w, strides, padding, dilation, precision):
+def _xla_conv(x, w, strides, padding, dilation, input_dilation, precision):
     return lax.conv_general_dilated(
-        x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC, precision=precision
+        x,
+        w,
+        strides,
+        padding,
+        lhs_dilation=input_dilation,
+        rhs_dilation=dilation,
+        dimension_numbers=_NHWC,
+        precision=precision,
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_nhwc(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision):
-    return _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_nhwc(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, input_dilation, precision):
+    return _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, input_dilation, precision)
 
 
-def _conv_nhwc_fwd(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision):
-    y = _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, precision)
+def _conv_nhwc_fwd(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, input_dilation, precision):
+    y = _xla_conv(x_BxHxWxC, w_KxKxCxO, strides, padding, dilation, input_dilation, precision)
     return y, (x_BxHxWxC, w_KxKxCxO)
 
 
-def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, g_BxHoxWoxO):
+def _conv_nhwc_bwd(strides, padding, dilation, input_dilation, precision, residuals, g_BxHoxWoxO):
     x_BxHxWxC, w_KxKxCxO = residuals
     _, input_vjp = jax.vjp(
-        lambda x: _xla_conv(x, w_KxKxCxO, strides, padding, dilation, precision), x_BxHxWxC
+        lambda x: _xla_conv(x, w_KxKxCxO, strides, padding, dilation, input_dilation, precision),
+        x_BxHxWxC,
     )
     (dx_BxHxWxC,) = input_vjp(g_BxHoxWoxO)
+    # An input dilated by s (a transposed convolution) is the input with s - 1 zeros between
+    # its pixels; the padding applies to that dilated input, as in lax.
+    (uh, uw), zero = input_dilation, jnp.zeros((), x_BxHxWxC.dtype)
+    x_dilated = lax.pad(x_BxHxWxC, zero, ((0, 0, 0), (0, 0, uh - 1), (0, 0, uw - 1), (0, 0, 0)))
     dw_KxKxCxO = kernel_grad_by_gemm(
-        x_BxHxWxC, g_BxHoxWoxO, w_KxKxCxO.shape, strides, padding, precision, dilation
+        x_dilated, g_BxHoxWoxO, w_KxKxCxO.shape, strides, padding, precision, dilation
     ).astype(w_KxKxCxO.dtype)
     return dx_BxHxWxC, dw_KxKxCxO
 
@@ -96,7 +109,8 @@ def kernel_grad_by_gemm(
     dh, dw = dilation
     (top, bottom), (left, right) = padding
     _, ho, wo, _ = g_BxHoxWoxO.shape
-    x_pad = jnp.pad(x_BxHxWxC, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    zero = jnp.zeros((), x_BxHxWxC.dtype)  # lax.pad: negative padding crops, as in lax's conv
+    x_pad = lax.pad(x_BxHxWxC, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
     batch, channels = x_pad.shape[0], x_pad.shape[3]
     accumulate = jnp.promote_types(jnp.result_type(x_BxHxWxC, g_BxHoxWoxO), jnp.float32)
     # (O, B H' W'): the cotangent's rows, shared by every offset (XLA reads it transposed).
@@ -136,15 +150,12 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
 ) -> jax.Array:
     """`lax.conv_general_dilated` with the per-offset GEMM kernel gradient for plain 2-D NHWC/HWIO
-    convolutions with explicit padding (any kernel size, stride and kernel dilation); anything
-    else is lax's."""
+    convolutions (any kernel size, stride, padding and kernel dilation); anything else is lax's."""
     plain = (
         _is_nhwc_hwio(dimension_numbers, lhs.ndim)
-        and not isinstance(padding, str)
         and feature_group_count == 1
         and batch_group_count == 1
         and preferred_element_type is None
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
     )
     if not plain:
         return lax.conv_general_dilated(
@@ -160,7 +171,74 @@ def conv_general_dilated(
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
-    return _conv_nhwc(lhs, rhs, strides, pads, dilation, precision)
+    input_dilation = tuple(int(d) for d in (lhs_dilation or (1, 1)))
+    if isinstance(padding, str):  # "SAME", "VALID", ...: lax's own rule, on the dilated shapes
+        window = tuple(d * (k - 1) + 1 for d, k in zip(dilation, rhs.shape[:2], strict=True))
+        dilated = tuple(
+            u * (n - 1) + 1 for u, n in zip(input_dilation, lhs.shape[1:3], strict=True)
+        )
+        padding = lax.padtype_to_pads(dilated, window, strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _conv_nhwc(lhs, rhs, strides, pads, dilation, input_dilation, precision)
+
+
+def conv_transpose_padding(kernel: int, stride: int, padding: str) -> tuple[int, int]:
+    """lax.conv_transpose's padding of one spatial axis for 'SAME' or 'VALID' (its own rule)."""
+    if padding == "SAME":
+        total = kernel + stride - 2
+        before = kernel - 1 if stride > kernel - 1 else -(-total // 2)
+    elif padding == "VALID":
+        total = kernel + stride - 2 + max(kernel - stride, 0)
+        before = kernel - 1
+    else:
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return before, total - before
+
+
+def conv_transpose(
+    x_BxHxWxC: jax.Array,
+    w_KxKxCxO: jax.Array,
+    strides: Sequence[int],
+    padding: str,
+    *,
+    precision: Any = None,
+) -> jax.Array:
+    """`lax.conv_transpose(x, w, strides, padding)` (NHWC, HWIO, kernel not flipped) with the
+    kernel gradient of `default_conv_general_dilated`."""
+    pads = tuple(
+        conv_transpose_padding(int(k), int(s), padding)
+        for k, s in zip(w_KxKxCxO.shape[:2], strides, strict=True)
+    )
+    return default_conv_general_dilated(
+        x_BxHxWxC,
+        w_KxKxCxO,
+        (1, 1),
+        pads,
+        lhs_dilation=tuple(strides),
+        dimension_numbers=_NHWC,
+        precision=precision,
+    )
+
+
+class ConvTranspose(nn.Module):
+    """flax's nn.ConvTranspose (2-D, NHWC, same parameters, names and initialisers) on
+    `conv_transpose`: the CPU takes the GEMM kernel gradient."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str = "SAME"
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        """The transposed convolution plus a bias."""
+        shape = (*self.kernel_size, x_BxHxWxC.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        dtype = jnp.result_type(x_BxHxWxC, kernel)
+        y = conv_transpose(
+            x_BxHxWxC.astype(dtype), kernel.astype(dtype), self.strides, self.padding
+        )
+        return y + bias

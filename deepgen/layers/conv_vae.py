@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deepgen.layers import conv as conv_lib
+
 
 class ConvEncoder(nn.Module):
     """x_BxHxWxC -> (mean_BxZ, log_std_BxZ): stride-2 convs, then a Dense head.
@@ -35,7 +37,15 @@ class ConvEncoder(nn.Module):
         h = x_BxHxWxC
         for i, c in enumerate(self.channels):
             k = self.kernel_size
-            h = self.activation(nn.Conv(c, (k, k), strides=(2, 2), name=f"conv_{i}")(h))
+            h = self.activation(
+                nn.Conv(
+                    c,
+                    (k, k),
+                    strides=(2, 2),
+                    conv_general_dilated=conv_lib.default_conv_general_dilated,
+                    name=f"conv_{i}",
+                )(h)
+            )
         h_BxD = h.reshape(h.shape[0], -1)
         if self.unit_variance:
             init = nn.initializers.variance_scaling(self.head_init_scale**2, "fan_in", "normal")
@@ -69,9 +79,16 @@ class ConvDecoder(nn.Module):
         h = h.reshape(z_BxZ.shape[0], h0, w0, c0)
         k = self.kernel_size
         for i, c in enumerate(self.channels):
-            h = nn.ConvTranspose(c, (k, k), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(h)
+            h = conv_lib.ConvTranspose(
+                c, (k, k), strides=(2, 2), padding="SAME", name=f"deconv_{i}"
+            )(h)
             h = self.activation(h)
-        return nn.Conv(out_channels, (3, 3), name="logits")(h)
+        return nn.Conv(
+            out_channels,
+            (3, 3),
+            conv_general_dilated=conv_lib.default_conv_general_dilated,
+            name="logits",
+        )(h)
 
 
 def gaussian_kl_to_standard_normal(mean_BxZ: jax.Array, log_std_BxZ: jax.Array) -> jax.Array:

@@ -30,6 +30,9 @@ CASES = [
     (3, 1, ((1, 1), (1, 1)), 7, 6),
     (3, 1, ((2, 2), (2, 2)), 7, 6, 2),  # dilated, as VPN's encoder and ByteNet-style stacks
     (3, 2, ((4, 3), (3, 4)), 9, 8, 3),
+    (4, 2, "SAME", 7, 8),  # string padding: lax's rule (flax's nn.Conv default)
+    (3, 1, "SAME", 6, 6, 2),
+    (3, 2, "VALID", 7, 7),
     (3, 2, ((1, 1), (1, 1)), 8, 8),
     (3, 2, ((1, 1), (1, 1)), 7, 7),
     (1, 1, ((0, 0), (0, 0)), 5, 4),
@@ -75,10 +78,9 @@ def test_kernel_gradient_equals_a_direct_sum_over_positions(float64, dilation):
 
 
 def test_other_convolutions_fall_through_to_lax(float64):
-    """String padding, input dilation and grouped convolutions are lax's own, value for value."""
+    """Input dilation and grouped convolutions are lax's own, value for value."""
     x, w, grouped_w = _inputs((1, 6, 6, 4), (3, 3, 4, 4), (3, 3, 2, 4))
     for kwargs in (
-        dict(padding="SAME"),
         dict(padding=((1, 1), (1, 1)), lhs_dilation=(2, 2)),
         dict(padding=((1, 1), (1, 1)), feature_group_count=2),
     ):
@@ -126,3 +128,48 @@ def test_the_kernel_gradient_keeps_one_window_alive():
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(conv_lib.conv_general_dilated) <= 1.5 * temp_bytes(lax.conv_general_dilated)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding", [(4, 2, "SAME"), (3, 2, "SAME"), (3, 1, "VALID"), (5, 3, "SAME")]
+)
+def test_transposed_convolution_and_both_gradients_equal_lax(float64, kernel, stride, padding):
+    x, w, _ = _inputs((2, 5, 4, 3), (kernel, kernel, 3, 4), (1,))
+
+    def loss(conv, x, w):
+        y = conv(x, w)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
+
+    def reference_conv(x, w):
+        return lax.conv_transpose(x, w, (stride, stride), padding, dimension_numbers=NHWC)
+
+    def our_conv(x, w):
+        return conv_lib.conv_transpose(x, w, (stride, stride), padding)
+
+    assert our_conv(x, w).shape == reference_conv(x, w).shape
+    ours = jax.value_and_grad(lambda x, w: loss(our_conv, x, w), (0, 1))(x, w)
+    reference = jax.value_and_grad(lambda x, w: loss(reference_conv, x, w), (0, 1))(x, w)
+    np.testing.assert_allclose(ours[0], reference[0], rtol=1e-12)
+    for got, expected in zip(ours[1], reference[1], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
+
+
+def test_the_transposed_conv_module_is_flax_s_with_the_same_parameters(float64):
+    """Same parameter tree and initial values as nn.ConvTranspose, same outputs and gradients."""
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 4, 3)))
+    ours = conv_lib.ConvTranspose(5, (4, 4), strides=(2, 2), padding="SAME")
+    flax_module = nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding="SAME")
+    params = flax_module.init(jax.random.key(0), x)
+    our_params = ours.init(jax.random.key(0), x)
+    assert jax.tree.structure(params) == jax.tree.structure(our_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(our_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    grads = [
+        jax.value_and_grad(lambda p, m=m: jnp.sum(m.apply(p, x) ** 3))(params)
+        for m in (flax_module, ours)
+    ]
+    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-12)
+    for got, expected in zip(
+        jax.tree.leaves(grads[1][1]), jax.tree.leaves(grads[0][1]), strict=True
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
