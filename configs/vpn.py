@@ -45,7 +45,8 @@ def _base(dataset: str) -> ConfigDict:
     config.data.max_train_sequences = 0  # 0: every training record
     # Moving MNIST: the network sees x ~ Bernoulli(grey) frames (context and the current frame's
     # earlier pixels), drawn afresh each step, and is scored against the grey values, so that
-    # the binary frames it samples are frames of the kind it was trained on [ours].
+    # the binary frames it samples are frames of the kind it was trained on [ours]. Off: tried on
+    # moving_mnist_cpu (400 steps), samples lost their digits as with grey inputs (RESULTS.md).
     config.data.binarize_inputs = False
 
     config.model = ConfigDict()
