@@ -150,7 +150,8 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
 ) -> jax.Array:
     """`lax.conv_general_dilated` with the per-offset GEMM kernel gradient for plain 2-D NHWC/HWIO
-    convolutions (any kernel size, stride, padding and kernel dilation); anything else is lax's."""
+    convolutions (any kernel size, stride, padding, kernel and input dilation); anything else
+    (grouped, other layouts, a preferred element type) is lax's."""
     plain = (
         _is_nhwc_hwio(dimension_numbers, lhs.ndim)
         and feature_group_count == 1
