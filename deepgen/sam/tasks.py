@@ -23,7 +23,12 @@ for copy and 6 for recall; SAM's supplement gives no sizes]):
   delimiter step (channel W) then its S vectors; then a query delimiter (channel W + 1), the S
   vectors of a copy of one item drawn uniformly from all but the last, and a second query
   delimiter; the targets are the S vectors of the item that followed the query item, at the last
-  S steps (mask 1). Items are not forced to be distinct [ours].
+  S steps (mask 1). Items are drawn independently, as NTM's, unless ``distinct_items`` [ours]:
+  then the L items are L different codes of the 2^(W S), drawn without replacement, so the answer
+  is always determined. With independent items the query's value occurs again among the other
+  L - 2 items that have a successor with probability 1 - (1 - 2^-(W S))^(L - 2), and no answerer
+  can tell which successor is meant: :func:`recall_floor_errors` gives the errors of the best
+  possible answer (with 6-bit one-vector items, 5% of bits at 16 items, 31% at 160).
 * ``priority_sort`` (NTM Sec. 4.5), level L = number of inputs, T(L) = L + 2 + n(L). Inputs W + 3:
   start flag (channel W) at step 0; steps 1..L hold a random vector and its priority, uniform in
   [-1, 1], in channel W + 2; the stop flag (channel W + 1) at step L + 1; then the targets are the
@@ -84,6 +89,7 @@ ALGORITHMIC_KINDS = ("copy", "associative_recall", "priority_sort")
 KINDS = (*ALGORITHMIC_KINDS, "omniglot")
 # (lowest, highest) level of the paper's fixed-size experiments (Supp. C).
 PAPER_LEVELS = {"copy": (1, 20), "associative_recall": (3, 6), "priority_sort": (20, 20)}
+MAX_DISTINCT_ITEM_BITS = 16  # distinct recall items: a permutation of 2^(W S) codes per sequence
 STREAMS = ("train", "eval")  # folded into the seed's key: independent draws per stream
 OMNIGLOT_SIDE = 20  # Santoro et al. 2016 downsample Omniglot to 20x20
 
@@ -100,6 +106,7 @@ class TaskParams:
     image_side: int = OMNIGLOT_SIDE  # Omniglot: images are image_side x image_side
     instances_per_class: int = 10  # Omniglot: drawings of each character per episode
     num_labels: int = 128  # Omniglot: label channels and classes (the largest level allowed)
+    distinct_items: bool = False  # associative recall: the items of a sequence all differ [ours]
 
 
 class TaskBatch(NamedTuple):
@@ -140,6 +147,12 @@ def _check_params(params: TaskParams) -> None:
             f"num_outputs={params.num_outputs} exceeds sort_inputs={params.sort_inputs}; priority "
             "sort cannot return more vectors than it reads (the paper returns 16 of 20)"
         )
+    if params.distinct_items and params.num_bits * params.item_size > MAX_DISTINCT_ITEM_BITS:
+        raise ConfigError(
+            f"distinct_items draws codes of num_bits * item_size = "
+            f"{params.num_bits * params.item_size} bits without replacement, at most "
+            f"{MAX_DISTINCT_ITEM_BITS}; wider items repeat rarely enough to draw independently"
+        )
     if params.kind == "omniglot":
         _check_int("image_side", params.image_side, 1)
         _check_int("instances_per_class", params.instances_per_class, 1)
@@ -158,8 +171,15 @@ def min_level(params: TaskParams) -> int:
 
 
 def max_allowed_level(params: TaskParams) -> int | None:
-    """The highest level a task allows (Omniglot: num_labels characters), None if unbounded."""
-    return params.num_labels if params.kind == "omniglot" else None
+    """The highest level a task allows, None if unbounded.
+
+    Omniglot: num_labels characters; associative recall with distinct items: 2^(W S) codes.
+    """
+    if params.kind == "omniglot":
+        return params.num_labels
+    if params.kind == "associative_recall" and params.distinct_items:
+        return 2 ** (params.num_bits * params.item_size)
+    return None
 
 
 def _check_max_level(max_level: Any, params: TaskParams) -> int:
@@ -169,9 +189,14 @@ def _check_max_level(max_level: Any, params: TaskParams) -> int:
     max_level = _check_int("max_level", max_level, low)
     high = max_allowed_level(params)
     if high is not None and max_level > high:
+        if params.kind == "omniglot":
+            raise ConfigError(
+                f"max_level={max_level} exceeds num_labels={high}; raise num_labels to at least "
+                "the largest number of characters per episode"
+            )
         raise ConfigError(
-            f"max_level={max_level} exceeds num_labels={high}; raise num_labels to at least the "
-            "largest number of characters per episode"
+            f"max_level={max_level} exceeds the {high} distinct items of num_bits * item_size = "
+            f"{params.num_bits * params.item_size} bits; widen the items or lower the level"
         )
     return max_level
 
@@ -276,8 +301,16 @@ def _associative_recall(
     steps = sequence_length(max_level, params)
     rng_bits, rng_query = jax.random.split(rng)
     # Items flattened to (B, max_level * S, W): vector r of item i is row i * S + r.
-    vectors = jax.random.bernoulli(rng_bits, 0.5, (batch_size, max_level * size, width))
-    vectors_BxVxW = vectors.astype(jnp.float32)
+    if params.distinct_items:
+        item_bits = width * size
+        codes_BxL = jax.vmap(lambda key: jax.random.permutation(key, 2**item_bits)[:max_level])(
+            jax.random.split(rng_bits, batch_size)
+        )
+        bits_BxLxD = (codes_BxL[..., None] >> jnp.arange(item_bits)) & 1
+        vectors_BxVxW = bits_BxLxD.reshape(batch_size, max_level * size, width).astype(jnp.float32)
+    else:
+        vectors = jax.random.bernoulli(rng_bits, 0.5, (batch_size, max_level * size, width))
+        vectors_BxVxW = vectors.astype(jnp.float32)
     # The query item: uniform over all items but the last.
     uniform_B = jax.random.uniform(rng_query, (batch_size,))
     query_B = jnp.minimum((uniform_B * (level_B - 1)).astype(jnp.int32), level_B - 2)
@@ -746,6 +779,35 @@ def sequence_errors(logits: jax.Array, batch: TaskBatch) -> jax.Array:
         predicted = (logits > 0).astype(jnp.float32)
         wrong_BxT = jnp.sum(predicted != batch.targets_BxTxO, axis=-1).astype(jnp.float32)
     return jnp.sum(wrong_BxT * batch.mask_BxT, axis=1)
+
+
+def recall_floor_errors(batch: TaskBatch, *, level: int, params: TaskParams) -> jax.Array:
+    """Per-sequence expected bit errors (B,) of the best possible answer to associative recall.
+
+    The answerer knows the rule but not which of the items equal to the query was copied (the
+    query is uniform over items 0..L-2, so each match with a successor is equally likely); it
+    answers with one of their successors at random and errs where that successor's bits differ
+    from the target's. Zero when the query's value is unique; zero on padded (mask 0) sequences.
+    Every sequence of the batch must have ``level`` items (as :func:`eval_batches` draws them).
+    """
+    if params.kind != "associative_recall":
+        raise ConfigError(f"recall_floor_errors is for associative_recall, not {params.kind}")
+    level = _check_max_level(level, params)
+    size, width = params.item_size, params.num_bits
+    inputs_BxTxW = jnp.asarray(batch.inputs_BxTxI)[..., :width]
+    batch_size, items_end = inputs_BxTxW.shape[0], level * (size + 1)
+    # Item i's vectors are steps i (S + 1) + 1 .. i (S + 1) + S; the query's follow items_end.
+    items_BxLxD = inputs_BxTxW[:, :items_end].reshape(batch_size, level, size + 1, width)
+    items_BxLxD = items_BxLxD[:, :, 1:].reshape(batch_size, level, size * width)
+    query_BxD = inputs_BxTxW[:, items_end + 1 : items_end + 1 + size].reshape(batch_size, -1)
+    answer_start = items_end + size + 2
+    answer_BxD = jnp.asarray(batch.targets_BxTxO)[:, answer_start : answer_start + size]
+    answer_BxD = answer_BxD.reshape(batch_size, -1)
+    match_BxJ = jnp.all(items_BxLxD[:, :-1] == query_BxD[:, None], axis=-1)
+    wrong_BxJ = jnp.sum(items_BxLxD[:, 1:] != answer_BxD[:, None], axis=-1)
+    matches_B = jnp.maximum(jnp.sum(match_BxJ, axis=1), 1)
+    expected_B = jnp.sum(match_BxJ * wrong_BxJ, axis=1) / matches_B
+    return expected_B * (jnp.sum(jnp.asarray(batch.mask_BxT), axis=1) > 0)
 
 
 def scored_outputs(batch: TaskBatch) -> jax.Array:

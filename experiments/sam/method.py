@@ -14,7 +14,8 @@ costs a sequence of the length of level 4, not of level 10,000.
 Units: one step is one optimiser update on train.batch_size sequences. eval.json: the paper's
 `cost_bits_per_sequence` and `error_rate` on held-out sequences at the level reached,
 `curriculum_level`, and for associative recall `max_generalised_length` with the table of
-longer lengths it was tried at.
+longer lengths it was tried at, and at each length `error_rate_floor`, the bit error rate of the
+best possible answers (above zero only where items repeat, deepgen.sam.tasks.recall_floor_errors).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def task_params(config: ConfigDict) -> tasks.TaskParams:
         image_side=int(d.image_side),
         instances_per_class=int(d.instances_per_class),
         num_labels=int(d.num_labels),
+        distinct_items=bool(d.get("distinct_items", False)),
     )
 
 
@@ -146,6 +148,14 @@ class SAM(Method):
             check.non_negative("eval.generalisation_max_error", "eval.generalisation_num_words")
             factors = tuple(config.eval.generalisation_factors)
             check(all(float(f) > 0 for f in factors), "eval.generalisation_factors", "> 0")
+            if highest is not None and config.task == "associative_recall":
+                longest = max([round(float(f) * int(c.max_level)) for f in factors], default=0)
+                check(
+                    longest <= highest,
+                    "eval.generalisation_factors",
+                    f"at most {highest} items at curriculum.max_level = {int(c.max_level)} "
+                    f"(data.distinct_items has {highest} codes; {longest} asked)",
+                )
         check(
             int(config.mesh.data) in (1, -1) and int(config.mesh.fsdp) in (1, -1),
             "mesh",
@@ -446,12 +456,23 @@ class SAM(Method):
             },
         )
         if config.task == "associative_recall":
+            summary["error_rate_floor"] = self._recall_floor(batches, level)
             summary.update(self._generalisation(state, level, num=num, quick=quick))
         if config.task == "omniglot":
             summary["error_rate_by_instance"] = errors_by_instance(
                 batches, predicted, int(config.data.instances_per_class)
             )
         return summary
+
+    def _recall_floor(self, batches: list[tasks.TaskBatch], level: int) -> float:
+        """The bit error rate of the best possible answers: items that repeat hide the answer."""
+        errors = outputs = 0.0
+        for batch in batches:
+            errors += float(
+                tasks.recall_floor_errors(batch, level=level, params=self.params_task).sum()
+            )
+            outputs += float(tasks.scored_outputs(batch).sum())
+        return errors / max(outputs, 1.0)
 
     def _generalisation(self, state: SamState, level: int, *, num: int, quick: bool) -> dict:
         """Error rates at longer recall lengths; the longest answered within the allowed error."""
@@ -475,6 +496,7 @@ class SAM(Method):
             length = max(tasks.min_level(self.params_task), round(factor * level))
             scores = self._score_batches(state.params, batches, network=network)
             del scores["predicted"]
+            scores["error_rate_floor"] = self._recall_floor(batches, length)
             table.append({"items": length, "factor": factor, **scores})
             if scores["error_rate"] <= float(config.eval.generalisation_max_error):
                 best = max(best, length)

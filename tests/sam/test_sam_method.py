@@ -81,6 +81,13 @@ def test_eval_is_the_masked_cross_entropy_in_bits_recomputed_in_numpy():
     assert report["baseline"]["cost_bits_per_sequence"] == pytest.approx(per_sequence)
     [row] = report["generalisation"]
     assert row["items"] == 2 * level and row["num_sequences"] == config.eval.num_sequences
+    # The floor: the bit error rate of the best possible answers on the same held-out sequences.
+    floor = sum(
+        float(tasks.recall_floor_errors(b, level=level, params=method.params_task).sum())
+        for b in batches
+    )
+    assert report["error_rate_floor"] == pytest.approx(floor / counted)
+    assert 0.0 <= row["error_rate_floor"] <= 0.5
     assert report["max_generalised_length"] >= level
 
 

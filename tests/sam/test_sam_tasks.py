@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import jax
@@ -304,6 +306,81 @@ def test_recall_generalisation_batches():
         tasks.recall_generalisation_batches(
             0, trained_level=3, num_sequences=2, batch_size=2, params=COPY
         )
+
+
+def recall_floor_reference(batch, level: int, params: tasks.TaskParams) -> np.ndarray:
+    """Per sequence: the mean Hamming distance to the answer over the matching items' successors."""
+    inputs, targets, mask = as_numpy(batch)
+    size, width = params.item_size, params.num_bits
+    out = np.zeros(len(inputs))
+    for b in range(len(inputs)):
+        if mask[b].sum() == 0:
+            continue
+        items = [inputs[b, i * (size + 1) + 1 : (i + 1) * (size + 1), :width] for i in range(level)]
+        start = level * (size + 1) + 1
+        query = inputs[b, start : start + size, :width]
+        answer = targets[b, start + size + 1 : start + 2 * size + 1]
+        wrong = [
+            (items[j + 1] != answer).sum()
+            for j in range(level - 1)
+            if np.array_equal(items[j], query)
+        ]
+        out[b] = np.mean(wrong)
+    return out
+
+
+def test_recall_floor_errors_against_a_loop_and_the_repeat_probability():
+    # 2 vectors of 2 bits: 16 item values, so queries often repeat among 7 items.
+    params = tasks.TaskParams(kind="associative_recall", num_bits=2, item_size=2)
+    level, count = 7, 4000
+    (batch,) = tasks.eval_batches(
+        0, level=level, num_sequences=count - 3, batch_size=count, params=params
+    )
+    floor_B = np.asarray(tasks.recall_floor_errors(batch, level=level, params=params))
+    reference_B = recall_floor_reference(batch, level, params)
+    np.testing.assert_allclose(floor_B, reference_B, rtol=0, atol=1e-6)
+    assert (floor_B[-3:] == 0).all() and (floor_B[:-3] > 0).any()
+    # The query's value recurs among the other L - 2 items that have a successor with probability
+    # 1 - (1 - 1/16)^(L - 2); a recurrence costs bits unless the successors agree.
+    inputs = np.asarray(batch.inputs_BxTxI)[: count - 3, :, :2]
+    items = inputs[:, : level * 3].reshape(-1, level, 3, 2)[:, :, 1:].reshape(-1, level, 4)
+    query = inputs[:, level * 3 + 1 : level * 3 + 3].reshape(-1, 4)
+    repeats = (items[:, :-1] == query[:, None]).all(-1).sum(-1) > 1
+    expected = 1 - (1 - 1 / 16) ** (level - 2)
+    assert abs(repeats.mean() - expected) < 5 * math.sqrt(expected * (1 - expected) / len(repeats))
+    assert (floor_B[: count - 3][~repeats] == 0).all()
+    with pytest.raises(ConfigError, match="associative_recall"):
+        tasks.recall_floor_errors(batch, level=level, params=COPY)
+
+
+def test_distinct_recall_items_are_a_uniform_draw_without_replacement():
+    # 3 bits, one vector per item: 8 codes, so 8 items are a permutation of them.
+    params = tasks.TaskParams(
+        kind="associative_recall", num_bits=3, item_size=1, distinct_items=True
+    )
+    assert tasks.max_allowed_level(params) == 8
+    levels = np.array([8] * 300 + [5] * 300)
+    batch = draw(3, levels, max_level=8, params=params)
+    inputs = as_numpy(batch)[0]
+    steps = tasks.sequence_length(8, params)
+    first = collections.Counter()
+    for b, count in enumerate(levels):
+        rows = inputs[b, 1 : count * 2 : 2, :3]
+        codes = rows @ np.array([1, 2, 4])
+        assert len(set(codes)) == count, (b, codes)
+        start = count * 2 + 1
+        query = int(np.flatnonzero((rows == inputs[b, start, :3]).all(-1))[0])
+        assert_rows_equal(batch, b, recall_reference(rows[:, None], query, steps))
+        first[int(codes[0])] += 1
+    # The first item is uniform over the 8 codes (600 draws: 75 expected, sd 8.1).
+    assert sorted(first) == list(range(8)) and max(abs(n - 75) for n in first.values()) < 5 * 8.1
+    (held_out,) = tasks.eval_batches(1, level=8, num_sequences=50, batch_size=50, params=params)
+    assert float(tasks.recall_floor_errors(held_out, level=8, params=params).sum()) == 0.0
+    with pytest.raises(ConfigError, match="exceeds the 8 distinct items"):
+        tasks.sample(jax.random.key(0), level=9, batch_size=2, max_level=9, params=params)
+    wide = dataclasses.replace(params, num_bits=9, item_size=2)
+    with pytest.raises(ConfigError, match="at most 16"):
+        tasks.sample(jax.random.key(0), level=2, batch_size=2, max_level=2, params=wide)
 
 
 # ----------------------------------------------------------------------------------------------
