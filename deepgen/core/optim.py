@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 from deepgen.core.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
-SCHEDULES = ("constant", "warmup_cosine", "warmup_constant", "linear_decay")
+SCHEDULES = ("constant", "warmup_cosine", "warmup_constant", "linear_decay", "step_decay")
 
 
 def learning_rate_schedule(opt: ConfigDict, num_steps: int) -> optax.Schedule:
@@ -36,6 +36,22 @@ def learning_rate_schedule(opt: ConfigDict, num_steps: int) -> optax.Schedule:
         )
     if opt.schedule == "linear_decay":
         return optax.linear_schedule(lr, 0.0, max(num_steps, 1))
+    if opt.schedule == "step_decay":
+        # lr times decay_factor per boundary in opt.decay_steps reached (from that step on).
+        boundaries = [int(b) for b in opt.get("decay_steps", ())]
+        factor = float(opt.get("decay_factor", 0.1))
+        if (
+            not boundaries
+            or any(b <= 0 for b in boundaries)
+            or boundaries != sorted(set(boundaries))
+        ):
+            raise ConfigError(
+                f"opt.decay_steps={tuple(boundaries)} must be increasing positive steps for "
+                "opt.schedule='step_decay', e.g. (10000, 20000)"
+            )
+        if not 0.0 < factor <= 1.0:
+            raise ConfigError(f"opt.decay_factor={factor!r} must lie in (0, 1]")
+        return optax.piecewise_constant_schedule(lr, {b: factor for b in boundaries})
     raise ConfigError(f"opt.schedule={opt.schedule!r} is not one of {SCHEDULES}")
 
 

@@ -87,6 +87,16 @@ def test_learning_rate_schedules():
     )
     warm = learning_rate_schedule(_opt_config(schedule="warmup_constant", warmup_steps=4), 100)
     assert float(warm(2)) == pytest.approx(5e-4) and float(warm(50)) == pytest.approx(1e-3)
+    step = learning_rate_schedule(
+        _opt_config(schedule="step_decay", decay_steps=(10, 20), decay_factor=0.5), 30
+    )
+    assert [float(step(i)) for i in (0, 9, 10, 19, 20, 29)] == pytest.approx(
+        [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
+    )
+    for bad in [dict(decay_steps=()), dict(decay_steps=(20, 10)), dict(decay_factor=0.0)]:
+        fields = {"schedule": "step_decay", "decay_steps": (10,), **bad}
+        with pytest.raises(ConfigError, match=r"opt\.decay_"):
+            learning_rate_schedule(_opt_config(**fields), 30)
     with pytest.raises(ConfigError, match=r"opt\.schedule"):
         learning_rate_schedule(_opt_config(schedule="bogus"), 10)
 
