@@ -69,6 +69,9 @@ def base_config(
     config.opt.lr = 1e-4
     config.opt.schedule = "constant"
     config.opt.warmup_steps = 0
+    # opt.schedule = "step_decay": lr times decay_factor from each of these steps on.
+    config.opt.decay_steps = ()
+    config.opt.decay_factor = 0.1
     config.opt.b1 = 0.9
     config.opt.b2 = 0.999
     config.opt.eps = 1e-8
