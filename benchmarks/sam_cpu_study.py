@@ -10,6 +10,8 @@ skipped on a rerun, so an interrupted study resumes.
 
     python benchmarks/sam_cpu_study.py --variants copy_cpu recall_cpu --kinds sam ntm \
         --seeds 0 1 2
+    python benchmarks/sam_cpu_study.py --variants recall_cpu --kinds sam ntm --seeds 0 1 2 \
+        --kind_seeds ntm=0,1
     python benchmarks/sam_cpu_study.py --variants smoke --kinds sam --seeds 0 --out /tmp/s
 """
 
@@ -108,11 +110,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="plots and tables")
     parser.add_argument("--runs", default=str(DEFAULT_RUNS), help="the runs' workdirs")
     parser.add_argument("--set", nargs="*", default=[], help="extra --config.X=Y flags")
+    parser.add_argument(
+        "--kind_seeds",
+        nargs="*",
+        default=[],
+        help="KIND=S1,S2 runs KIND for these seeds instead of --seeds (e.g. ntm=0,1)",
+    )
     args = parser.parse_args(argv)
+    seeds_of = {kind: list(args.seeds) for kind in args.kinds}
+    for item in args.kind_seeds:
+        kind, _, seeds = item.partition("=")
+        if kind not in seeds_of or not seeds:
+            parser.error(f"--kind_seeds {item!r}: use KIND=S1,S2 with KIND one of {args.kinds}")
+        seeds_of[kind] = [int(s) for s in seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    jobs = [(v, k, s) for v in args.variants for k in args.kinds for s in args.seeds]
+    jobs = [(v, k, s) for v in args.variants for k in args.kinds for s in seeds_of[k]]
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {job: pool.submit(run_one, *job, Path(args.runs), list(args.set)) for job in jobs}
         workdirs = {job: future.result() for job, future in futures.items()}
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         "|---|---|---|---|---|---|---|",
     ]
     for variant in args.variants:
-        runs = {k: {s: workdirs[(variant, k, s)] for s in args.seeds} for k in args.kinds}
+        runs = {k: {s: workdirs[(variant, k, s)] for s in seeds_of[k]} for k in args.kinds}
         plot = out / f"{variant}_curves.png"
         plot_variant(variant, runs, plot)
         table = {}
