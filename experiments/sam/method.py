@@ -456,7 +456,9 @@ class SAM(Method):
             },
         )
         if config.task == "associative_recall":
-            summary["error_rate_floor"] = self._recall_floor(batches, level)
+            summary["error_rate_floor"] = self._recall_floor(
+                batches, level, scores["scored_outputs"]
+            )
             summary.update(self._generalisation(state, level, num=num, quick=quick))
         if config.task == "omniglot":
             summary["error_rate_by_instance"] = errors_by_instance(
@@ -464,14 +466,12 @@ class SAM(Method):
             )
         return summary
 
-    def _recall_floor(self, batches: list[tasks.TaskBatch], level: int) -> float:
+    def _recall_floor(self, batches: list[tasks.TaskBatch], level: int, outputs: float) -> float:
         """The bit error rate of the best possible answers: items that repeat hide the answer."""
-        errors = outputs = 0.0
-        for batch in batches:
-            errors += float(
-                tasks.recall_floor_errors(batch, level=level, params=self.params_task).sum()
-            )
-            outputs += float(tasks.scored_outputs(batch).sum())
+        errors = sum(
+            float(tasks.recall_floor_errors(b, level=level, params=self.params_task).sum())
+            for b in batches
+        )
         return errors / max(outputs, 1.0)
 
     def _generalisation(self, state: SamState, level: int, *, num: int, quick: bool) -> dict:
@@ -496,7 +496,9 @@ class SAM(Method):
             length = max(tasks.min_level(self.params_task), round(factor * level))
             scores = self._score_batches(state.params, batches, network=network)
             del scores["predicted"]
-            scores["error_rate_floor"] = self._recall_floor(batches, length)
+            scores["error_rate_floor"] = self._recall_floor(
+                batches, length, scores["scored_outputs"]
+            )
             table.append({"items": length, "factor": factor, **scores})
             if scores["error_rate"] <= float(config.eval.generalisation_max_error):
                 best = max(best, length)
