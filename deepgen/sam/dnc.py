@@ -376,6 +376,29 @@ def sparse_precedence_update(
     return SparsePrecedence(*_compact(indices_C, values_C, keep_C, num_links, num_words))
 
 
+def _merge_new(
+    old_idx_gxL: jax.Array,
+    old_val_gxL: jax.Array,
+    new_idx_gxP: jax.Array,
+    new_val_gxP: jax.Array,
+    sentinel: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Each group's candidates: old slots plus new entries, a new entry added into its old slot.
+
+    Within a group the old indices are distinct and so are the new ones, so an index occurs at
+    most twice and its value is old + new, rounded as one addition. O(L P) per group.
+    """
+    match_gxLxP = (old_idx_gxL[:, :, None] == new_idx_gxP[:, None, :]) & (
+        new_idx_gxP[:, None, :] != sentinel
+    )
+    merged_val_gxL = old_val_gxL + jnp.sum(jnp.where(match_gxLxP, new_val_gxP[:, None, :], 0), -1)
+    absorbed_gxP = jnp.any(match_gxLxP, axis=1)
+    return (
+        jnp.concatenate([old_idx_gxL, jnp.where(absorbed_gxP, sentinel, new_idx_gxP)], axis=-1),
+        jnp.concatenate([merged_val_gxL, jnp.where(absorbed_gxP, 0, new_val_gxP)], axis=-1),
+    )
+
+
 def sparse_link_update(
     links: SparseLinks,
     precedence: SparsePrecedence,
@@ -387,99 +410,94 @@ def sparse_link_update(
     Candidate C[i, j] = (1 - w[i] - w[j]) L[i, j] + w[i] p[j] (i != j, w the write weights with
     duplicate indices summed, p = p_{t-1}); an entry survives iff it is positive and among the
     K_L largest of its row and of its column (ties: lower index). Only the rows and columns of
-    the G = K_L + J words U = (precedence words) + (written words) change. Both storages are
-    handled alike (direction d = PRED: the rows U of L, whose new entries are w[u] p; d = SUCC:
-    the columns U, whose new entries are p[u] w): each group u is rebuilt from its old slots plus
-    its new entries, an entry kept iff it passes its own group's top-K_L and, when its partner
-    x is in U too, x's group's; the other storage's row x (x not in U) has its slot for u
-    updated in place. Work O(G^2 (K_L + J)), independent of N.
+    the G = K_L + J words U = (precedence words) + (written words) change. Storage PRED holds
+    the rows of L: row u gains w[u] p[j] for the K_L precedence words j. Storage SUCC holds the
+    columns: column u gains p[u] w[i] for the J written words i, which is non-zero only for
+    the K_L precedence words u; the other columns only decay. Each group u is rebuilt from its
+    old slots plus its new entries, an entry kept iff it passes its own group's top-K_L and,
+    when its partner x is in U too, x's group's in the other storage; the other storage's row
+    x (x not in U) has its slot for u updated in place. Work O(G K_L (K_L + G) + K_L J (K_L + J)),
+    independent of N.
     """
     _, N, L = links.indices_2xNxL.shape
     sentinel = N
     written_J, w_J = _combine(write_indices_J.astype(jnp.int32), write_weights_J, sentinel)
     prec_L, p_L = precedence
-    J = written_J.shape[0]
     _, written_in_prec_J = _position(written_J, prec_L, sentinel)
+    # Groups: the precedence words first (the only columns with new entries), then the rest.
     groups_G = jnp.concatenate([prec_L, jnp.where(written_in_prec_J, sentinel, written_J)])
-    num_partners = max(L, J)
-
-    def pad(x: jax.Array, fill: Any) -> jax.Array:
-        return jnp.pad(x, (0, num_partners - x.shape[0]), constant_values=fill)
-
-    def w_of(keys: jax.Array) -> jax.Array:
-        return _lookup(keys, written_J, w_J)
-
-    # New entries of group u: x_d(u) y_d(partner), PRED: w[u] p[j], SUCC: p[u] w[i].
-    partners_2xP = jnp.stack([pad(prec_L, sentinel), pad(written_J, sentinel)])
-    partner_w_2xP = jnp.stack([pad(p_L, 0), pad(w_J, 0)])
-    group_w_2xG = jnp.stack([w_of(groups_G), _lookup(groups_G, prec_L, p_L)])
-    new_val_2xGxP = group_w_2xG[:, :, None] * partner_w_2xP[:, None, :]
-    self_2xGxP = partners_2xP[:, None, :] == groups_G[None, :, None]
-    new_idx_2xGxP = jnp.where(
-        self_2xGxP | (new_val_2xGxP == 0),
-        sentinel,
-        jnp.broadcast_to(partners_2xP[:, None, :], self_2xGxP.shape),
-    )
-    new_val_2xGxP = jnp.where(new_idx_2xGxP == sentinel, 0, new_val_2xGxP)
+    w_G = _lookup(groups_G, written_J, w_J)
     old_idx_2xGxL = links.indices_2xNxL.at[:, groups_G].get(mode="fill", fill_value=sentinel)
     old_val_2xGxL = links.values_2xNxL.at[:, groups_G].get(mode="fill", fill_value=0)
     # 1 - (w[i] + w[j]): the same rounding in both storages (the sum commutes exactly).
-    decayed_2xGxL = (1 - (w_of(groups_G)[None, :, None] + w_of(old_idx_2xGxL))) * old_val_2xGxL
+    old_w_2xGxL = _lookup(old_idx_2xGxL, written_J, w_J)
+    decayed_2xGxL = (1 - (w_G[None, :, None] + old_w_2xGxL)) * old_val_2xGxL
 
-    per_group = jax.vmap(jax.vmap(lambda i, v: _combine(i, v, sentinel)))
-    cand_idx_2xGxA, cand_val_2xGxA = per_group(
-        jnp.concatenate([old_idx_2xGxL, new_idx_2xGxP], axis=-1),
-        jnp.concatenate([decayed_2xGxL, new_val_2xGxP], axis=-1),
-    )
-    valid_2xGxA = (cand_val_2xGxA > 0) & (cand_idx_2xGxA != sentinel)
-    keep_2xGxA = jax.vmap(jax.vmap(lambda i, v, m: _top_mask(i, v, m, L)))(
-        cand_idx_2xGxA, cand_val_2xGxA, valid_2xGxA
-    )
+    def new_entries(group_ids_g, group_x_g, partners_P, partner_y_P):
+        """New entries x(u) y(partner) of groups u, self-links and zeros left empty."""
+        val_gxP = group_x_g[:, None] * partner_y_P[None, :]
+        empty_gxP = (partners_P[None, :] == group_ids_g[:, None]) | (val_gxP == 0)
+        idx_gxP = jnp.where(empty_gxP, sentinel, partners_P[None, :])
+        return idx_gxP, jnp.where(empty_gxP, 0, val_gxP)
 
-    # An entry whose partner x is also a group must survive x's group in the other direction.
-    direction_2x1x1 = jnp.arange(2)[:, None, None]
-    other_of_2xGxA, partner_in_groups_2xGxA = _position(cand_idx_2xGxA, groups_G, sentinel)
-    other_idx_2xGxAxA = cand_idx_2xGxA[1 - direction_2x1x1, other_of_2xGxA]
-    other_keep_2xGxAxA = keep_2xGxA[1 - direction_2x1x1, other_of_2xGxA]
-    group_2xGxA = jnp.broadcast_to(groups_G[None, :, None], cand_idx_2xGxA.shape)
-    kept_there_2xGxA = jnp.any(
-        (other_idx_2xGxAxA == group_2xGxA[..., None]) & other_keep_2xGxAxA, axis=-1
+    # Blocks (storage, first group, candidates): PRED over all G groups with the K_L
+    # precedence partners; SUCC over the K_L precedence groups with the J written partners;
+    # SUCC over the other J groups with their old slots only.
+    pred = _merge_new(
+        old_idx_2xGxL[PRED], decayed_2xGxL[PRED], *new_entries(groups_G, w_G, prec_L, p_L), sentinel
     )
-    final_2xGxA = keep_2xGxA & (~partner_in_groups_2xGxA | kept_there_2xGxA)
+    succ_prec = _merge_new(
+        old_idx_2xGxL[SUCC, :L],
+        decayed_2xGxL[SUCC, :L],
+        *new_entries(prec_L, p_L, written_J, w_J),
+        sentinel,
+    )
+    succ_rest = (old_idx_2xGxL[SUCC, L:], decayed_2xGxL[SUCC, L:])
+    blocks = [(PRED, 0, *pred), (SUCC, 0, *succ_prec), (SUCC, L, *succ_rest)]
 
-    # Rebuilt rows: storage d, row u.
-    rebuilt_idx_2xGxL, rebuilt_val_2xGxL = jax.vmap(
-        jax.vmap(lambda i, v, m: _compact(i, v, m, L, sentinel))
-    )(cand_idx_2xGxA, cand_val_2xGxA, final_2xGxA)
-    rebuilt_at = (
-        jnp.broadcast_to(direction_2x1x1, rebuilt_idx_2xGxL.shape),
-        jnp.broadcast_to(groups_G[None, :, None], rebuilt_idx_2xGxL.shape),
-        jnp.broadcast_to(jnp.arange(L)[None, None, :], rebuilt_idx_2xGxL.shape),
-    )
-    # In-place slots: storage 1 - d, row x (partner not in U), the slot holding u.
-    other_rows_2xGxAxL = links.indices_2xNxL.at[1 - direction_2x1x1, cand_idx_2xGxA].get(
-        mode="fill", fill_value=sentinel
-    )
-    slot_2xGxA, found_2xGxA = _position(group_2xGxA, other_rows_2xGxAxL, sentinel)
-    in_place_2xGxA = found_2xGxA & ~partner_in_groups_2xGxA & (cand_idx_2xGxA != sentinel)
-    slot_at = (
-        jnp.broadcast_to(1 - direction_2x1x1, slot_2xGxA.shape),
-        jnp.where(in_place_2xGxA, cand_idx_2xGxA, N),
-        slot_2xGxA,
-    )
-    at = tuple(
-        jnp.concatenate([r.reshape(-1), s.reshape(-1)])
-        for r, s in zip(rebuilt_at, slot_at, strict=True)
-    )
-    indices = jnp.concatenate(
-        [rebuilt_idx_2xGxL.reshape(-1), jnp.where(final_2xGxA, group_2xGxA, sentinel).reshape(-1)]
-    )
-    values = jnp.concatenate(
-        [rebuilt_val_2xGxL.reshape(-1), jnp.where(final_2xGxA, cand_val_2xGxA, 0).reshape(-1)]
-    )
+    top = jax.vmap(lambda i, v, m: _top_mask(i, v, m, L))
+    keeps = [top(idx, val, (val > 0) & (idx != sentinel)) for _, _, idx, val in blocks]
+    # kept_2xGxG[d, g, h]: group g of storage d keeps an entry whose partner is group h.
+    kept_rows = [
+        jnp.any((idx_gxA[:, :, None] == groups_G[None, None, :]) & keep_gxA[:, :, None], axis=1)
+        for (_, _, idx_gxA, _), keep_gxA in zip(blocks, keeps, strict=True)
+    ]
+    kept_2xGxG = jnp.stack([kept_rows[0], jnp.concatenate(kept_rows[1:])])
+
+    at_parts, index_parts, value_parts = [], [], []
+    compact = jax.vmap(lambda i, v, m: _compact(i, v, m, L, sentinel))
+    for (d, first, idx_gxA, val_gxA), keep_gxA in zip(blocks, keeps, strict=True):
+        g = idx_gxA.shape[0]
+        group_g = groups_G[first : first + g]
+        # An entry whose partner x is also a group must survive x's group in the other storage.
+        other_of_gxA, partner_in_groups_gxA = _position(idx_gxA, groups_G, sentinel)
+        kept_there_gxA = kept_2xGxG[1 - d, other_of_gxA, first + jnp.arange(g)[:, None]]
+        final_gxA = keep_gxA & (~partner_in_groups_gxA | kept_there_gxA)
+        # Rebuilt rows: storage d, row u.
+        rebuilt_idx_gxL, rebuilt_val_gxL = compact(idx_gxA, val_gxA, final_gxA)
+        at_parts.append((jnp.full((g * L,), d), jnp.repeat(group_g, L), jnp.tile(jnp.arange(L), g)))
+        index_parts.append(rebuilt_idx_gxL.reshape(-1))
+        value_parts.append(rebuilt_val_gxL.reshape(-1))
+        # In-place slots: storage 1 - d, row x (partner not in U), the slot holding u.
+        other_rows_gxAxL = (
+            links.indices_2xNxL[1 - d].at[idx_gxA].get(mode="fill", fill_value=sentinel)
+        )
+        group_gxA = jnp.broadcast_to(group_g[:, None], idx_gxA.shape)
+        slot_gxA, found_gxA = _position(group_gxA, other_rows_gxAxL, sentinel)
+        in_place_gxA = found_gxA & ~partner_in_groups_gxA & (idx_gxA != sentinel)
+        at_parts.append(
+            (
+                jnp.full((idx_gxA.size,), 1 - d),
+                jnp.where(in_place_gxA, idx_gxA, N).reshape(-1),
+                slot_gxA.reshape(-1),
+            )
+        )
+        index_parts.append(jnp.where(final_gxA, group_gxA, sentinel).reshape(-1))
+        value_parts.append(jnp.where(final_gxA, val_gxA, 0).reshape(-1))
+    at = tuple(jnp.concatenate(column) for column in zip(*at_parts, strict=True))
     return SparseLinks(
-        links.indices_2xNxL.at[at].set(indices, mode="drop"),
-        links.values_2xNxL.at[at].set(values, mode="drop"),
+        links.indices_2xNxL.at[at].set(jnp.concatenate(index_parts), mode="drop"),
+        links.values_2xNxL.at[at].set(jnp.concatenate(value_parts), mode="drop"),
     )
 
 
@@ -500,13 +518,32 @@ def sparse_temporal_update(
     )
 
 
+def _sum_duplicates_top_k(
+    indices_D: jax.Array, values_D: jax.Array, k: int, sentinel: int
+) -> tuple[jax.Array, jax.Array]:
+    """The k largest positive sums of equal indices, largest first (ties: lower index); O(D log D).
+
+    Sorted by index, equal indices form runs summed by a scatter-add; top_k then breaks ties
+    by position, which is index order. Empty slots are (sentinel, 0).
+    """
+    sorted_idx_D, sorted_val_D = lax.sort((indices_D, values_D), num_keys=1)
+    run_start_D = jnp.concatenate([jnp.ones((1,), bool), sorted_idx_D[1:] != sorted_idx_D[:-1]])
+    run_D = jnp.cumsum(run_start_D) - 1
+    sums_D = jnp.zeros_like(sorted_val_D).at[run_D].add(sorted_val_D)
+    run_idx_D = jnp.full_like(sorted_idx_D, sentinel).at[run_D].set(sorted_idx_D)
+    valid_D = (sums_D > 0) & (run_idx_D != sentinel)
+    top_val_k, top_pos_k = lax.top_k(jnp.where(valid_D, sums_D, -jnp.inf), k)
+    found_k = top_val_k > -jnp.inf
+    return jnp.where(found_k, run_idx_D[top_pos_k], sentinel), jnp.where(found_k, top_val_k, 0)
+
+
 def sparse_directional_weights(
     links: SparseLinks, read_indices_RxC: jax.Array, read_weights_RxC: jax.Array, k: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """The K largest entries of f = L w and b = L^T w per head: (f indices, f, b indices, b).
 
-    w are the previous sparse read weights (duplicate indices add); O(R C K_L) work. Gradients
-    flow to read_weights_RxC, not to the link values; empty slots are (N, 0).
+    w are the previous sparse read weights (duplicate indices add); O(R C K_L log(C K_L)) work.
+    Gradients flow to read_weights_RxC, not to the link values; empty slots are (N, 0).
     """
     _, N, _ = links.indices_2xNxL.shape
     R = read_indices_RxC.shape[0]
@@ -515,11 +552,9 @@ def sparse_directional_weights(
         lax.stop_gradient(links.values_2xNxL).at[:, read_indices_RxC].get(mode="fill", fill_value=0)
     )
     contrib_2xRxCxL = val_2xRxCxL * read_weights_RxC[None, :, :, None]
-    idx_XxD, val_XxD = jax.vmap(lambda i, v: _combine(i, v, N))(
+    idx_XxK, val_XxK = jax.vmap(lambda i, v: _sum_duplicates_top_k(i, v, k, N))(
         idx_2xRxCxL.reshape(2 * R, -1), contrib_2xRxCxL.reshape(2 * R, -1)
     )
-    keep_XxD = (val_XxD > 0) & (idx_XxD != N)
-    idx_XxK, val_XxK = jax.vmap(lambda i, v, m: _compact(i, v, m, k, N))(idx_XxD, val_XxD, keep_XxD)
     idx_2xRxK, val_2xRxK = idx_XxK.reshape(2, R, k), val_XxK.reshape(2, R, k)
     return idx_2xRxK[SUCC], val_2xRxK[SUCC], idx_2xRxK[PRED], val_2xRxK[PRED]
 

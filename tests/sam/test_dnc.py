@@ -294,6 +294,34 @@ def test_sdnc_links_precedence_and_read_weights_match_dense(spec):
     assert truncated == (KL < N)
 
 
+def test_sdnc_directional_weights_sum_duplicates_and_break_ties_to_the_lower_index():
+    # L (N = 6, K_L = 2): L[5, 3] = L[5, 1] = 0.25 and L[4, 1] = 0.5; word 5 was written after 3
+    # and 1. Reading words 5 and 4 (weights 0.5 each) gives b = L^T w with b[1] = 0.25 * 0.5 +
+    # 0.5 * 0.5 (two reads land on word 1) and b[3] = 0.125; reading word 5 alone ties b[3] and
+    # b[1], and K = 1 keeps the lower index. f = L w has f[5] = f[4] = 0 and no positive entry.
+    N, L = 6, 2
+    idx = np.full((2, N, L), N, np.int32)
+    val = np.zeros((2, N, L))
+    idx[dnc.PRED, 5], val[dnc.PRED, 5] = [3, 1], [0.25, 0.25]
+    idx[dnc.PRED, 4], val[dnc.PRED, 4] = [1, N], [0.5, 0.0]
+    idx[dnc.SUCC, 3], val[dnc.SUCC, 3] = [5, N], [0.25, 0.0]
+    idx[dnc.SUCC, 1], val[dnc.SUCC, 1] = [4, 5], [0.5, 0.25]
+    links = dnc.SparseLinks(jnp.asarray(idx), jnp.asarray(val))
+    directional = jax.jit(dnc.sparse_directional_weights, static_argnums=3)
+
+    read_idx, read_w = jnp.asarray([[5, 4, 0]]), jnp.asarray([[0.5, 0.5, 0.0]])
+    f_idx, f, b_idx, b = (np.asarray(x) for x in directional(links, read_idx, read_w, 3))
+    np.testing.assert_array_equal(b_idx, [[1, 3, N]])
+    np.testing.assert_array_equal(b, [[0.375, 0.125, 0.0]])
+    np.testing.assert_array_equal(f_idx, [[N, N, N]])
+    np.testing.assert_array_equal(f, np.zeros((1, 3)))
+
+    read_idx, read_w = jnp.asarray([[5, 0, 0]]), jnp.asarray([[1.0, 0.0, 0.0]])
+    _, _, b_idx, b = (np.asarray(x) for x in directional(links, read_idx, read_w, 1))
+    np.testing.assert_array_equal(b_idx, [[1]])
+    np.testing.assert_array_equal(b, [[0.25]])
+
+
 # ---- 4 and 5. gradients, and vmap over a batch with scan over time ---------------------------
 
 B, T = 2, 3
