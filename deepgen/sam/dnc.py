@@ -261,7 +261,15 @@ def dnc_step(
     return new_state, reads_RxM
 
 
-DNC = MemoryCore(interface_size=dnc_interface_size, init=dnc_init, step=dnc_step)
+# The step is rematerialised in the backward pass: reverse mode then keeps only the carry per
+# step (its N x N links among it) instead of four more N x N residuals, which made the dense
+# DNC's backward pass 8x its forward on the CPU; remat makes the train step 1.5x faster
+# (copy_cpu's sizes, batch 16, one core).
+DNC = MemoryCore(
+    interface_size=dnc_interface_size,
+    init=dnc_init,
+    step=jax.checkpoint(dnc_step, static_argnums=(0,)),
+)
 
 
 # ---------------------------------------------------------------------------------------------
