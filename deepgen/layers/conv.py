@@ -80,8 +80,13 @@ def _conv_nhwc_bwd(strides, padding, dilation, input_dilation, precision, residu
         x_BxHxWxC,
     )
     (dx_BxHxWxC,) = input_vjp(g_BxHoxWoxO)
-    # An input dilated by s (a transposed convolution) is the input with s - 1 zeros between
-    # its pixels; the padding applies to that dilated input, as in lax.
+    if tuple(input_dilation) != (1, 1) and tuple(strides) == (1, 1):
+        dw_KxKxCxO = kernel_grad_of_dilated_input(
+            x_BxHxWxC, g_BxHoxWoxO, w_KxKxCxO.shape, input_dilation, padding, precision, dilation
+        )
+        return dx_BxHxWxC, dw_KxKxCxO.astype(w_KxKxCxO.dtype)
+    # An input dilated by s is the input with s - 1 zeros between its pixels; the padding applies
+    # to that dilated input, as in lax.
     (uh, uw), zero = input_dilation, jnp.zeros((), x_BxHxWxC.dtype)
     x_dilated = lax.pad(x_BxHxWxC, zero, ((0, 0, 0), (0, 0, uh - 1), (0, 0, uw - 1), (0, 0, 0)))
     dw_KxKxCxO = kernel_grad_by_gemm(
@@ -133,6 +138,84 @@ def kernel_grad_by_gemm(
 
     offsets = jnp.array([(dh * p, dw * q) for p in range(kh) for q in range(kw)], jnp.int32)
     _, dw_KKxCxO = lax.scan(offset_grad, None, offsets)
+    return dw_KKxCxO.reshape(kh, kw, *dw_KKxCxO.shape[1:])
+
+
+def _dilated_input_phases(
+    size: int, out_size: int, kernel: int, dilation: int, input_dilation: int, pad_before: int
+) -> tuple[int, list[int], list[int], tuple[int, int]]:
+    """One spatial axis of a stride-1 convolution of an input dilated by u (a transposed conv):
+    (n, phase per kernel tap, first input row per tap, (pad before, pad after) of the input).
+
+    Tap p reads the dilated, padded input at i + d p, a real input row m = (i + d p - pad) / u
+    only where u divides i + d p - pad: the outputs i = phase + u k, k < n = ceil(out_size / u),
+    which read rows m = first + k (rows outside [0, size) are the zero padding returned).
+    """
+    u = input_dilation
+    count = -(-out_size // u)
+    phases = [(pad_before - dilation * p) % u for p in range(kernel)]
+    firsts = [(phase + dilation * p - pad_before) // u for p, phase in enumerate(phases)]
+    before = max(0, -min(firsts))
+    after = max(0, max(firsts) + count - size)
+    return count, phases, [first + before for first in firsts], (before, after)
+
+
+def kernel_grad_of_dilated_input(
+    x_BxHxWxC: jax.Array,
+    g_BxHoxWoxO: jax.Array,
+    kernel_shape: Sequence[int],
+    input_dilation: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    precision: Any = None,
+    dilation: Sequence[int] = (1, 1),
+) -> jax.Array:
+    """The kernel gradient of a stride-1 convolution of an input dilated by (uh, uw) (a transposed
+    convolution of stride (uh, uw)) as kh x kw GEMMs over only the B H' W' / (uh uw) output
+    positions each tap meets a real input pixel at (the zeros between pixels are never read)."""
+    kh, kw, _, _ = kernel_shape
+    batch, height, width, channels = x_BxHxWxC.shape
+    _, ho, wo, features = g_BxHoxWoxO.shape
+    (uh, uw), (dh, dw) = input_dilation, dilation
+    (top, _), (left, _) = padding
+    nh, phase_h, first_h, pad_h = _dilated_input_phases(height, ho, kh, dh, uh, top)
+    nw, phase_w, first_w, pad_w = _dilated_input_phases(width, wo, kw, dw, uw, left)
+    zero = jnp.zeros((), x_BxHxWxC.dtype)
+    x_pad = lax.pad(x_BxHxWxC, zero, ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0)))
+    # The cotangent by phase: (uh, uw, O, B nh nw), output (phase + u k) at k (zeros past H', W').
+    g_pad = lax.pad(
+        g_BxHoxWoxO,
+        jnp.zeros((), g_BxHoxWoxO.dtype),
+        ((0, 0, 0), (0, uh * nh - ho, 0), (0, uw * nw - wo, 0), (0, 0, 0)),
+    )
+    g_phases = g_pad.reshape(batch, nh, uh, nw, uw, features).transpose(2, 4, 5, 0, 1, 3)
+    g_phases = g_phases.reshape(uh, uw, features, batch * nh * nw)
+    accumulate = jnp.promote_types(jnp.result_type(x_BxHxWxC, g_BxHoxWoxO), jnp.float32)
+
+    def tap_grad(_, tap):
+        phase_row, phase_col, first_row, first_col = tap
+        zero = jnp.zeros((), tap.dtype)
+        window = lax.dynamic_slice(
+            x_pad, (zero, first_row, first_col, zero), (batch, nh, nw, channels)
+        )
+        g_OxN = lax.dynamic_index_in_dim(
+            lax.dynamic_index_in_dim(g_phases, phase_row, 0, keepdims=False),
+            phase_col,
+            0,
+            keepdims=False,
+        )
+        dw_OxC = jnp.dot(
+            g_OxN,
+            window.reshape(-1, channels),
+            precision=precision,
+            preferred_element_type=accumulate,
+        )
+        return None, dw_OxC.T
+
+    taps = jnp.array(
+        [(phase_h[p], phase_w[q], first_h[p], first_w[q]) for p in range(kh) for q in range(kw)],
+        jnp.int32,
+    )
+    _, dw_KKxCxO = lax.scan(tap_grad, None, taps)
     return dw_KKxCxO.reshape(kh, kw, *dw_KKxCxO.shape[1:])
 
 

@@ -131,7 +131,15 @@ def test_the_kernel_gradient_keeps_one_window_alive():
 
 
 @pytest.mark.parametrize(
-    "kernel, stride, padding", [(4, 2, "SAME"), (3, 2, "SAME"), (3, 1, "VALID"), (5, 3, "SAME")]
+    "kernel, stride, padding",
+    [
+        (4, 2, "SAME"),
+        (3, 2, "SAME"),
+        (3, 1, "VALID"),
+        (5, 3, "SAME"),
+        (4, 2, "VALID"),
+        (1, 2, "SAME"),
+    ],
 )
 def test_transposed_convolution_and_both_gradients_equal_lax(float64, kernel, stride, padding):
     x, w, _ = _inputs((2, 5, 4, 3), (kernel, kernel, 3, 4), (1,))
@@ -149,6 +157,39 @@ def test_transposed_convolution_and_both_gradients_equal_lax(float64, kernel, st
     assert our_conv(x, w).shape == reference_conv(x, w).shape
     ours = jax.value_and_grad(lambda x, w: loss(our_conv, x, w), (0, 1))(x, w)
     reference = jax.value_and_grad(lambda x, w: loss(reference_conv, x, w), (0, 1))(x, w)
+    np.testing.assert_allclose(ours[0], reference[0], rtol=1e-12)
+    for got, expected in zip(ours[1], reference[1], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "input_dilation, kernel_dilation, padding",
+    [
+        ((2, 3), (1, 1), ((1, 0), (3, 2))),
+        ((2, 2), (2, 1), ((2, 3), (0, 1))),
+        ((3, 2), (1, 2), ((-1, 2), (1, -1))),
+    ],
+)
+def test_the_kernel_gradient_of_a_dilated_input_reads_only_real_pixels_and_equals_lax(
+    float64, input_dilation, kernel_dilation, padding
+):
+    """Input and kernel dilation, uneven and negative padding: the per-phase GEMMs equal lax."""
+    x, w, _ = _inputs((2, 5, 4, 3), (3, 2, 3, 4), (1,), seed=5)
+
+    def loss(conv, x, w):
+        y = conv(
+            x,
+            w,
+            (1, 1),
+            padding,
+            lhs_dilation=input_dilation,
+            rhs_dilation=kernel_dilation,
+            dimension_numbers=NHWC,
+        )
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
+
+    ours = jax.value_and_grad(lambda x, w: loss(conv_lib.conv_general_dilated, x, w), (0, 1))(x, w)
+    reference = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1))(x, w)
     np.testing.assert_allclose(ours[0], reference[0], rtol=1e-12)
     for got, expected in zip(ours[1], reference[1], strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
