@@ -40,6 +40,9 @@ def _base(kind: str) -> ConfigDict:
     config = common.base_config("kanerva", data=True, batch_size=16)
     config.data.name = "omniglot"
     config.data.episode_length = 32  # T, images per episode [paper]
+    # 0: images drawn at random (the paper's episodes [recalled]); n > 0: T / n images of each of
+    # n classes per episode, redundancy the memory can compress [ours] (deepgen/kanerva/episodes.py)
+    config.data.classes_per_episode = 0
 
     config.model = ConfigDict()
     config.model.kind = kind  # "kanerva", or "vae": the same networks, no memory

@@ -17,6 +17,15 @@ paper's episodes are T = 32 images drawn at random from the training set [recall
 * `heldout_episodes`: the eval split's images in one fixed permutation (seeded by the config's
   seed), cut into floor(N / T) episodes; `binarise_episodes` binarises them with a fixed
   generator per repeat, so every eval of a run sees the same episodes.
+
+classes_per_episode = n > 0 builds episodes with redundancy instead: each holds T / n images of
+each of n distinct classes (labels), in a shuffled order. Training draws the n classes uniformly
+and T / n images of each without replacement, per episode, from the batch's generator (so an
+"epoch" is only a count of floor(N / (B T)) batches, and batches stay resumable); held out, each
+class's images are permuted once and cut into chunks of T / n, and round j of the chunks (every
+class's j-th chunk, classes in a fixed random order) is cut into episodes of n chunks, so held-out
+episodes are fixed and disjoint. The paper's own episodes are random [recalled]; episodes from few
+classes are a test of whether the memory stores what the episode shares ([ours]).
 """
 
 from __future__ import annotations
@@ -37,6 +46,40 @@ def _binarise(intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (uniform < intensities).astype(np.float32)[..., None]
 
 
+def _images_by_class(
+    labels_N: np.ndarray, *, episode_length: int, classes_per_episode: int
+) -> list[np.ndarray]:
+    """The image indices of every class with at least T / n images (n = classes_per_episode)."""
+    T, n = int(episode_length), int(classes_per_episode)
+    if T % n:
+        raise ValueError(f"classes_per_episode={n} must divide episode_length={T}")
+    labels_N = np.asarray(labels_N)
+    if labels_N.size and labels_N.min() < 0:
+        raise ValueError("classes_per_episode > 0 needs labelled images; this split has none")
+    members = [np.flatnonzero(labels_N == c) for c in np.unique(labels_N)]
+    members = [m for m in members if len(m) >= T // n]
+    if len(members) < n:
+        raise ValueError(
+            f"classes_per_episode={n} needs {n} classes with at least {T // n} images each; "
+            f"the split has {len(members)}"
+        )
+    return members
+
+
+def _class_episodes(
+    members: list[np.ndarray], *, episodes: int, episode_length: int, classes_per_episode: int, rng
+) -> np.ndarray:
+    """E x T image indices: per episode n distinct classes, T / n distinct images of each, shuffled."""
+    n = int(classes_per_episode)
+    per_class = int(episode_length) // n
+    index_ExT = np.empty((episodes, episode_length), np.int64)
+    for e in range(episodes):
+        classes = rng.choice(len(members), n, replace=False)
+        chosen = np.concatenate([rng.choice(members[c], per_class, replace=False) for c in classes])
+        index_ExT[e] = rng.permutation(chosen)
+    return index_ExT
+
+
 def training_episodes(
     images: np.ndarray,
     *,
@@ -45,12 +88,15 @@ def training_episodes(
     seed: int,
     process_rows: slice,
     binary: bool = True,
+    labels_N: np.ndarray | None = None,
+    classes_per_episode: int = 0,
 ) -> EpochIterator:
     """A resumable iterator of {"x": episodes_BxTxHxWxC} (this process's rows of B episodes).
 
     images: grey values in [0, 1], N x H x W, binarised per batch (binary=True, C = 1); or images
     N x H x W x C used as they are (binary=False). process_rows: this process's episodes of the
     global batch of episodes_per_batch (`distributed.process_slice(episodes_per_batch)`).
+    classes_per_episode > 0 (with labels_N): episodes of T / n images from each of n classes.
     """
     T, B = int(episode_length), int(episodes_per_batch)
     if T < 1 or B < 1:
@@ -60,9 +106,24 @@ def training_episodes(
         raise ValueError(
             f"a batch of {B} episodes of {T} images needs {B * T} images; the split has {num}"
         )
+    members = None
+    if classes_per_episode:
+        if labels_N is None:
+            raise ValueError("classes_per_episode > 0 needs labels_N")
+        members = _images_by_class(
+            labels_N, episode_length=T, classes_per_episode=classes_per_episode
+        )
 
     def make_batch(indices: np.ndarray, rows: slice, rng: np.random.Generator) -> dict:
         # Draw for the whole global batch, keep this process's episodes.
+        if members is not None:  # the epoch's permutation is not used: episodes by class
+            indices = _class_episodes(
+                members,
+                episodes=B,
+                episode_length=T,
+                classes_per_episode=classes_per_episode,
+                rng=rng,
+            ).reshape(-1)
         x = _binarise(images[indices], rng) if binary else np.asarray(images[indices], np.float32)
         return {"x": x.reshape(B, T, *x.shape[1:])[rows]}
 
@@ -75,19 +136,57 @@ def training_episodes(
     )
 
 
-def heldout_order(num_images: int, *, episode_length: int, seed: int) -> np.ndarray:
-    """Image indices of the held-out episodes, E x T with E = floor(N / T): a fixed permutation."""
+def heldout_order(
+    num_images: int,
+    *,
+    episode_length: int,
+    seed: int,
+    labels_N: np.ndarray | None = None,
+    classes_per_episode: int = 0,
+) -> np.ndarray:
+    """Image indices of the held-out episodes, E x T: a fixed permutation cut into E = floor(N / T)
+    episodes; or, classes_per_episode = n > 0, fixed disjoint episodes of n classes (module doc)."""
     T = int(episode_length)
+    rng = np.random.default_rng([int(seed), HELDOUT_ORDER_STREAM])
+    if classes_per_episode:
+        if labels_N is None:
+            raise ValueError("classes_per_episode > 0 needs labels_N")
+        n = int(classes_per_episode)
+        members = _images_by_class(labels_N, episode_length=T, classes_per_episode=n)
+        chunks = [rng.permutation(m)[: len(m) // (T // n) * (T // n)] for m in members]
+        chunks = [c.reshape(-1, T // n) for c in chunks]
+        episodes = []
+        for j in range(max(len(c) for c in chunks)):
+            round_j = [c[j] for c in chunks if len(c) > j]
+            round_j = [round_j[i] for i in rng.permutation(len(round_j))]
+            for e in range(len(round_j) // n):
+                episodes.append(rng.permutation(np.concatenate(round_j[e * n : (e + 1) * n])))
+        if not episodes:
+            raise ValueError(f"no held-out episode of {n} classes x {T // n} images fits here")
+        return np.stack(episodes)
     num_episodes = num_images // T
     if num_episodes < 1:
         raise ValueError(f"an episode of {T} images needs more images than the {num_images} here")
-    order = np.random.default_rng([int(seed), HELDOUT_ORDER_STREAM]).permutation(num_images)
+    order = rng.permutation(num_images)
     return order[: num_episodes * T].reshape(num_episodes, T)
 
 
-def heldout_episodes(images: np.ndarray, *, episode_length: int, seed: int) -> np.ndarray:
+def heldout_episodes(
+    images: np.ndarray,
+    *,
+    episode_length: int,
+    seed: int,
+    labels_N: np.ndarray | None = None,
+    classes_per_episode: int = 0,
+) -> np.ndarray:
     """The held-out episodes' images, E x T x ... (binarise grey values with binarise_episodes)."""
-    index_ExT = heldout_order(len(images), episode_length=episode_length, seed=seed)
+    index_ExT = heldout_order(
+        len(images),
+        episode_length=episode_length,
+        seed=seed,
+        labels_N=labels_N,
+        classes_per_episode=classes_per_episode,
+    )
     return np.asarray(images)[index_ExT]
 
 

@@ -47,6 +47,7 @@ the VAE decodes z ~ N(0, I).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -166,7 +167,15 @@ class KanervaMethod(Method):
             "sample.num_queries",
             "sample.num_samples",
         )
-        check.non_negative("model.num_memory_samples", "eval.num_memory_samples")
+        check.non_negative(
+            "model.num_memory_samples", "eval.num_memory_samples", "data.classes_per_episode"
+        )
+        classes = config.data.get("classes_per_episode", 0)
+        check(
+            not classes or config.data.episode_length % classes == 0,
+            "data.classes_per_episode",
+            "0 (random episodes) or a divisor of data.episode_length",
+        )
         check.boolean("model.normalize_addresses")
         check.in_unit_interval("eval.noise", closed=True)
         check.in_unit_interval("eval.occlusion", closed=True)
@@ -179,6 +188,7 @@ class KanervaMethod(Method):
         self.use_memory = config.model.kind == "kanerva"
         self.binary = config.data.name != "cifar10"  # else colour under the logistic mixture
         self.episode_length = int(config.data.episode_length)
+        self.classes_per_episode = int(config.data.get("classes_per_episode", 0))
         self.train_data = self._load("train")  # eval's baseline needs it too
         needed = int(config.train.batch_size) * self.episode_length
         if mode == "train" and needed > self.train_data.num_examples:
@@ -199,6 +209,14 @@ class KanervaMethod(Method):
         if data.name == "cifar10":
             return cifar10.load_cifar10(split, **kwargs)
         return mnist.load_mnist(split, name=data.name, **kwargs)
+
+    @contextlib.contextmanager
+    def _episode_errors(self, split: ImageSplit):
+        """Episodes that cannot be built from the split (classes_per_episode) as a ConfigError."""
+        try:
+            yield
+        except ValueError as error:
+            raise ConfigError(f"{split.source}: {error}") from error
 
     def _model_images(self, split: ImageSplit) -> np.ndarray:
         """Grey intensities N x H x W in [0, 1] (binarised later), or colour bin centres N x H x W x C."""
@@ -237,16 +255,20 @@ class KanervaMethod(Method):
         return Unit("steps", 1, batch_size * self.episode_length)
 
     def batches(self) -> EpochIterator:
-        """Epochs of disjoint episodes from a fresh permutation, binarised afresh (episodes.py)."""
+        """Epochs of disjoint episodes from a fresh permutation (or episodes of few classes,
+        data.classes_per_episode), binarised afresh (episodes.py)."""
         batch_size = int(self.config.train.batch_size)
-        return episodes.training_episodes(
-            self._model_images(self.train_data),
-            episode_length=self.episode_length,
-            episodes_per_batch=batch_size,
-            seed=int(self.config.seed),
-            process_rows=distributed.process_slice(batch_size),
-            binary=self.binary,
-        )
+        with self._episode_errors(self.train_data):
+            return episodes.training_episodes(
+                self._model_images(self.train_data),
+                episode_length=self.episode_length,
+                episodes_per_batch=batch_size,
+                seed=int(self.config.seed),
+                process_rows=distributed.process_slice(batch_size),
+                binary=self.binary,
+                labels_N=self.train_data.labels_N,
+                classes_per_episode=self.classes_per_episode,
+            )
 
     def init_state(self, rng: jax.Array) -> KanervaState:
         """Fresh parameters and optimiser state."""
@@ -289,9 +311,11 @@ class KanervaMethod(Method):
             if self.use_memory
             else f"VAE with {m.code_size} latents (the Kanerva Machine's networks, no memory)"
         )
+        n = self.classes_per_episode
+        drawn = f"{T // n} images of each of {n} classes" if n else "images drawn at random"
         return [
             f"training data: {self.train_data.source} ({self.train_data.num_examples} images); "
-            f"episodes of {T}, {batch_size} episodes ({batch_size * T} images) per step",
+            f"episodes of {T} ({drawn}), {batch_size} episodes ({batch_size * T} images) per step",
             f"model: {what}, {size:,} parameters on {jax.device_count()} devices",
         ]
 
@@ -314,9 +338,14 @@ class KanervaMethod(Method):
                 f"config.data.episode_length={self.episode_length} exceeds the "
                 f"{data.num_examples} images of {data.source}"
             )
-        images = episodes.heldout_episodes(
-            self._model_images(data), episode_length=self.episode_length, seed=int(self.config.seed)
-        )
+        with self._episode_errors(data):
+            images = episodes.heldout_episodes(
+                self._model_images(data),
+                episode_length=self.episode_length,
+                seed=int(self.config.seed),
+                labels_N=data.labels_N,
+                classes_per_episode=self.classes_per_episode,
+            )
         return data, images
 
     def _episodes_for(self, heldout_ExTx: np.ndarray, repeat: int) -> np.ndarray:

@@ -102,3 +102,91 @@ def test_heldout_episodes_are_fixed_disjoint_and_binarised_per_repeat():
     assert not np.array_equal(x0, episodes.binarise_episodes(grey, seed=0, repeat=1))
     # A prefix of the episodes gets the same binarisation as in the whole set (quick evals).
     np.testing.assert_array_equal(x0[:2], episodes.binarise_episodes(grey[:2], seed=0, repeat=0))
+
+
+LABELS = np.arange(N) // 5  # 10 classes of 5 images, then:
+LABELS[-3:] = 10  # classes 9 (2 images) and 10 (3 images) are too small for 4 images per class
+
+
+def class_iterator(B: int, T: int, n: int, rows: slice | None = None):
+    return episodes.training_episodes(
+        indexed_images(),
+        episode_length=T,
+        episodes_per_batch=B,
+        seed=3,
+        process_rows=slice(0, B) if rows is None else rows,
+        labels_N=LABELS,
+        classes_per_episode=n,
+    )
+
+
+def test_class_episodes_hold_t_over_n_distinct_images_of_each_of_n_classes_and_resume():
+    B, T, n = 3, 8, 2
+    it = class_iterator(B, T, n)
+    seen_classes = set()
+    for _ in range(5):
+        index_BxT = decode(next(it)["x"])
+        for episode in index_BxT:
+            assert len(set(episode.tolist())) == T  # no image twice in an episode
+            classes, counts = np.unique(LABELS[episode], return_counts=True)
+            assert len(classes) == n and set(counts.tolist()) == {T // n}
+            assert not {9, 10} & set(classes.tolist())  # classes under T / n images: never drawn
+            seen_classes.update(classes.tolist())
+        assert not np.all(LABELS[index_BxT[:, :-1]] == LABELS[index_BxT[:, 1:]])  # shuffled
+    assert len(seen_classes) > n
+    state = it.get_state()
+    expected = [next(it)["x"] for _ in range(3)]
+    resumed = class_iterator(B, T, n)
+    resumed.set_state(state)
+    for x in expected:
+        np.testing.assert_array_equal(next(resumed)["x"], x)
+    whole = next(class_iterator(2, T, n))["x"]
+    parts = [next(class_iterator(2, T, n, rows=slice(i, i + 1)))["x"] for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_heldout_class_episodes_are_fixed_disjoint_and_hold_n_classes():
+    T, n = 8, 2
+    order = episodes.heldout_order(
+        N, episode_length=T, seed=0, labels_N=LABELS, classes_per_episode=n
+    )
+    # One chunk of 4 from each of the 9 classes with 5 images, 2 chunks per episode, one left over.
+    assert order.shape == (4, T)
+    assert len(set(order.ravel().tolist())) == order.size
+    for episode in order:
+        classes, counts = np.unique(LABELS[episode], return_counts=True)
+        assert len(classes) == n and set(counts.tolist()) == {T // n}
+    again = episodes.heldout_order(
+        N, episode_length=T, seed=0, labels_N=LABELS, classes_per_episode=n
+    )
+    np.testing.assert_array_equal(order, again)
+    other = episodes.heldout_order(
+        N, episode_length=T, seed=1, labels_N=LABELS, classes_per_episode=n
+    )
+    assert not np.array_equal(order, other)
+    # The random episodes of classes_per_episode=0 are the ones they always were.
+    np.testing.assert_array_equal(
+        episodes.heldout_order(N, episode_length=T, seed=0, labels_N=LABELS),
+        episodes.heldout_order(N, episode_length=T, seed=0),
+    )
+
+
+@pytest.mark.parametrize(
+    "labels, n, match",
+    [
+        (LABELS, 3, "must divide"),
+        (np.full(N, -1), 2, "needs labelled images"),
+        (np.zeros(N, np.int64), 2, "needs 2 classes"),
+    ],
+)
+def test_class_episodes_that_cannot_be_built_are_refused(labels, n, match):
+    with pytest.raises(ValueError, match=match):
+        episodes.training_episodes(
+            indexed_images(),
+            episode_length=8,
+            episodes_per_batch=1,
+            seed=0,
+            process_rows=slice(0, 1),
+            labels_N=labels,
+            classes_per_episode=n,
+        )

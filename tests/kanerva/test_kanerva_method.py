@@ -13,6 +13,7 @@ from configs import kanerva as configs
 from deepgen.core import distributed
 from deepgen.core import mesh as mesh_lib
 from deepgen.core.errors import ConfigError
+from deepgen.kanerva import episodes
 from experiments.kanerva.method import KanervaMethod
 
 
@@ -130,5 +131,36 @@ def test_an_unknown_dataset_is_refused_with_one_line_naming_the_choices():
     config = configs.get_config("smoke")
     config.data.name = "svhn"
     with pytest.raises(ConfigError, match="cifar10") as error:
+        KanervaMethod.validate(config)
+    assert "\n" not in str(error.value)
+
+
+def test_episodes_of_few_classes_reach_the_batches_and_the_heldout_set():
+    """data.classes_per_episode on the embedded digits: every episode holds T / n of n digits."""
+    config = configs.get_config("smoke")  # episodes of 4
+    config.data.classes_per_episode = 2
+    KanervaMethod.validate(config)
+    method = KanervaMethod(config, mode="train")
+    assert "2 images of each of 2 classes" in method.describe()[0]
+    x = next(method.batches())["x"]
+    assert x.shape[:2] == (config.train.batch_size, 4)
+    data, heldout = method._heldout("test")
+    order = episodes.heldout_order(
+        data.num_examples,
+        episode_length=4,
+        seed=int(config.seed),
+        labels_N=data.labels_N,
+        classes_per_episode=2,
+    )
+    np.testing.assert_array_equal(heldout, method._model_images(data)[order])
+    for episode in order:
+        assert sorted(np.unique(data.labels_N[episode], return_counts=True)[1]) == [2, 2]
+
+
+@pytest.mark.parametrize("classes, match", [(3, "a divisor of data.episode_length"), (-1, ">= 0")])
+def test_classes_per_episode_that_does_not_divide_the_episode_is_refused(classes, match):
+    config = configs.get_config("smoke")
+    config.data.classes_per_episode = classes
+    with pytest.raises(ConfigError, match=match) as error:
         KanervaMethod.validate(config)
     assert "\n" not in str(error.value)
