@@ -113,8 +113,8 @@ def _cpu(name: str, data_dir: str) -> ConfigDict:
     config.data.dir = data_dir
     # [ours] 8 episodes of 32 (256 images; divisible by the tests' fake devices) for 500 steps:
     # 128,000 images, 32 epochs of the 4,000 embedded digits. Measured on a 2-core machine shared
-    # with other jobs: 11 min 25 s (mnist_cpu), 12 min 51 s (omniglot_cpu), 8 min 41 s and
-    # 8 min 50 s for their VAEs; about 1.2 s a step against the VAE's 1.0 s.
+    # with other jobs, before the transposed convolutions ran by phases (deepgen/layers/conv.py):
+    # 11 min 25 s (mnist_cpu), 8 min 41 s for its VAE; about 1.2 s a step against the VAE's 1.0 s.
     config.train.batch_size = 8
     config.train.num_steps = 500
     config.train.log_every = 50
