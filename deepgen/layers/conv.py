@@ -9,13 +9,15 @@ products run at GEMM speed (1.38x on the MNIST U-Net's train step). The offsets 
 that one window is alive at a time: unrolled, XLA kept every window of a layer alive (4x the
 temporary memory of XLA's own gradient on a stack of eight convolutions, 1.1x in the scan). The
 forward pass and the input gradient stay XLA's convolutions.
-A stride-s transposed convolution (`conv_transpose`) is, on the CPU, s^2 stride-1 convolutions
-of the undilated input, one per output phase with the kernel taps that land on it, interleaved
-(`conv_transpose_by_phases`): XLA's CPU convolution of a zero-dilated input multiplies the zeros
-too, and so would the per-offset GEMMs (`kernel_grad_of_dilated_input` skips them for a dilated
-input passed to `conv_general_dilated` directly).
+A transposed convolution (`conv_transpose`) is a stride-1 convolution of the input with s - 1
+zeros between its pixels; its kernel gradient (`kernel_grad_of_dilated_input`) takes each tap's
+GEMM over only the outputs of the phase where that tap meets real pixels, never the zeros. (Its
+forward pass as s^2 convolutions of the undilated input, one per output phase, was 1.15x faster
+again on the conv VAE but deadlocked the Kanerva Machine's train step on jax 0.10.2's CPU runtime:
+four independent multi-threaded Eigen convolutions in one program, zero CPU, reproducible; so the
+forward pass stays XLA's convolution of the dilated input.)
 Used on the CPU only (`gemm_weight_grad_default`, `default_conv_general_dilated`); GPU and TPU keep
-XLA's own gradient and transposed convolution. On this VM (2026-12-07) XLA's kernel gradient of a
+XLA's own gradient. On this VM (2026-12-07) XLA's kernel gradient of a
 VPN-sized convolution (152 x 32 x 32 x 24, 3 x 3, 24 features) took 609 ms against 120 ms by GEMMs
 and 30 ms for the forward; `benchmarks/conv_kernel_grad.py` times every route.
 """
@@ -301,79 +303,15 @@ def conv_transpose(
         conv_transpose_padding(int(k), int(s), padding)
         for k, s in zip(w_KxKxCxO.shape[:2], strides, strict=True)
     )
-    strides = tuple(int(s) for s in strides)
-    if gemm_weight_grad_default() and strides != (1, 1):
-        return conv_transpose_by_phases(x_BxHxWxC, w_KxKxCxO, strides, pads, precision=precision)
     return default_conv_general_dilated(
         x_BxHxWxC,
         w_KxKxCxO,
         (1, 1),
         pads,
-        lhs_dilation=strides,
+        lhs_dilation=tuple(int(s) for s in strides),
         dimension_numbers=_NHWC,
         precision=precision,
     )
-
-
-def _output_phases(
-    size: int, kernel: int, stride: int, pads: tuple[int, int]
-) -> tuple[int, int, list[tuple[int, int, int]]]:
-    """One axis of a transposed convolution split by output phase: (output size, n, and per phase
-    r the first tap p0, the tap count J and the input offset c), so that y[r + s k] =
-    sum_{j < J} x[k + c + j] w[p0 + s j] for k < n = ceil(output size / s)."""
-    before, after = pads
-    out_size = (size - 1) * stride + 1 + before + after - kernel + 1
-    count = -(-out_size // stride)
-    phases = []
-    for r in range(stride):
-        first_tap = (before - r) % stride
-        taps = len(range(first_tap, kernel, stride))
-        phases.append((first_tap, taps, (r + first_tap - before) // stride))
-    return out_size, count, phases
-
-
-def conv_transpose_by_phases(
-    x_BxHxWxC: jax.Array,
-    w_KxKxCxO: jax.Array,
-    strides: tuple[int, int],
-    pads: tuple[tuple[int, int], tuple[int, int]],
-    *,
-    precision: Any = None,
-) -> jax.Array:
-    """A stride-(sh, sw) transposed convolution (lax's, with lax's padding of the zero-dilated
-    input) as sh sw stride-1 convolutions of the undilated input with the kernel's taps of one
-    output phase each, interleaved: no product with the zeros between input pixels."""
-    batch, height, width, _ = x_BxHxWxC.shape
-    kh, kw, _, features = w_KxKxCxO.shape
-    (sh, sw) = strides
-    out_h, nh, phases_h = _output_phases(height, kh, sh, pads[0])
-    out_w, nw, phases_w = _output_phases(width, kw, sw, pads[1])
-    zero_phase = jnp.zeros((batch, nh, nw, features), jnp.result_type(x_BxHxWxC, w_KxKxCxO))
-    rows = []
-    for first_h, taps_h, offset_h in phases_h:
-        row = []
-        for first_w, taps_w, offset_w in phases_w:
-            if taps_h == 0 or taps_w == 0:  # a kernel smaller than the stride: no tap lands here
-                row.append(zero_phase)
-                continue
-            padding = (
-                (-offset_h, nh + taps_h - 1 - height + offset_h),
-                (-offset_w, nw + taps_w - 1 - width + offset_w),
-            )
-            row.append(
-                default_conv_general_dilated(
-                    x_BxHxWxC,
-                    w_KxKxCxO[first_h::sh, first_w::sw],
-                    (1, 1),
-                    padding,
-                    dimension_numbers=_NHWC,
-                    precision=precision,
-                )
-            )
-        rows.append(jnp.stack(row))
-    # (sh, sw, B, nh, nw, O) -> (B, nh, sh, nw, sw, O): output (r + s k) at (k, r).
-    y = jnp.stack(rows).transpose(2, 3, 0, 4, 1, 5).reshape(batch, nh * sh, nw * sw, features)
-    return y[:, :out_h, :out_w]
 
 
 class ConvTranspose(nn.Module):
