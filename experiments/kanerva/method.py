@@ -33,7 +33,8 @@ episodes are fixed, and the repeats redraw only the model's samples):
   binary images) or the read-out image itself ("mean"; colour always). The VAE has no memory:
   its "reads" are its own reconstructions (encoder mean, decoder mean) fed back the same way,
   from the same corrupted queries. `corrupted_query_error` is the error of the queries
-  themselves.
+  themselves, `blank_image_error` that of the constant background image (a read that only fades
+  towards blank lowers the error without denoising).
 * The baseline: the independent per-pixel Bernoulli fit to the training images (colour: an
   independent 256-way histogram per sub-pixel), on the same held-out images. The VAE's `nll_bound_nats_per_image` (a run of a vae_* variant) is the
   comparison the paper makes.
@@ -524,6 +525,12 @@ class KanervaMethod(Method):
                 k: [_stderr(v[:, i]) for i in range(v.shape[1])] for k, v in errors.items()
             },
             corrupted_query_error={k: float(np.mean(v)) for k, v in query_errors.items()},
+            # The same measure for the constant background image (black; colour: mid-grey), which
+            # knows nothing of the query: reads that drift towards a faint generic shape can beat
+            # a corrupted query without denoising it, and this says whether they beat a blank.
+            blank_image_error=float(
+                (1.0 if self.binary else 0.5) * np.mean(np.abs(np.asarray(first_x, np.float64)))
+            ),
             iterative_reading={
                 "measure": ERROR_MEASURE[self.binary],
                 "reader": (
@@ -591,6 +598,8 @@ class KanervaMethod(Method):
             + " ".join(f"{e:.3f}" for e in errors)
             for kind, errors in report["iterative_reading_error"].items()
         )
+        if "blank_image_error" in report:
+            reading += f"; a blank image {report['blank_image_error']:.3f}"
         bits = "" if self.binary else f" ({report['nll_bound_bits_per_dim']:.3f} bits/dim)"
         return (
             f"{report['model']}: bound {report['nll_bound_nats_per_image']:.2f}"

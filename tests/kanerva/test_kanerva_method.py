@@ -94,6 +94,11 @@ def test_a_quick_eval_reports_the_bound_its_terms_and_the_reading_errors(variant
     errors = report["iterative_reading_error"]
     assert set(errors) == {"noise", "occlusion"}
     assert all(len(v) == k + 1 and all(0.0 <= e <= 1.0 for e in v) for v in errors.values())
+    # The blank image's error: the mean clean pixel (binary), half the mean |x| (colour, [-1, 1]).
+    _, heldout = method._heldout(method.config.eval.split)
+    x = method._episodes_for(heldout, 0)[: report["num_episodes"]]
+    scale = 0.5 if variant == "cifar10_smoke" else 1.0
+    assert report["blank_image_error"] == pytest.approx(scale * np.mean(np.abs(x)), rel=1e-6)
     assert report["nll_bound_nats_per_episode"] == pytest.approx(
         report["episode_length"] * report["nll_bound_nats_per_image"]
     )
