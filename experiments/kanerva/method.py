@@ -34,7 +34,9 @@ episodes are fixed, and the repeats redraw only the model's samples):
   its "reads" are its own reconstructions (encoder mean, decoder mean) fed back the same way,
   from the same corrupted queries. `corrupted_query_error` is the error of the queries
   themselves, `blank_image_error` that of the constant background image (a read that only fades
-  towards blank lowers the error without denoising).
+  towards blank lowers the error without denoising). Binary data also get
+  `iterative_reading_pixel_error`: the fraction of pixels that each read's most probable binary
+  image gets wrong, against the query's flipped fraction and the ink fraction (the blank image's).
 * The baseline: the independent per-pixel Bernoulli fit to the training images (colour: an
   independent 256-way histogram per sub-pixel), on the same held-out images. The VAE's `nll_bound_nats_per_image` (a run of a vae_* variant) is the
   comparison the paper makes.
@@ -453,7 +455,8 @@ class KanervaMethod(Method):
         return queries, {kind: read(q) for kind, q in queries.items()}
 
     def _reading_errors(self, params: Any, x_BxTxHxWxC: jax.Array, keys_B: jax.Array) -> tuple:
-        """({kind: B x (k + 1) read errors}, {kind: B query errors}) for B episodes."""
+        """({kind: B x (k + 1) read errors}, {kind: B query errors}, {kind: B x (k + 1) pixel
+        errors of the reads' most probable binary images}: binary data; empty for colour)."""
         to_unit = 1.0 if self.binary else 0.5  # colour differences on [-1, 1] -> [0, 1] units
 
         def one(x_TxHxWxC, episode_key):
@@ -465,7 +468,13 @@ class KanervaMethod(Method):
             query_errors = {
                 kind: to_unit * jnp.mean(jnp.abs(q - x_TxHxWxC)) for kind, q in queries.items()
             }
-            return read_errors, query_errors
+            pixel_errors = {}
+            if self.binary:
+                pixel_errors = {
+                    kind: jnp.mean((r > 0.5) != (x_TxHxWxC[None] > 0.5), axis=(1, 2, 3, 4))
+                    for kind, r in reads.items()
+                }
+            return read_errors, query_errors, pixel_errors
 
         return jax.vmap(one)(x_BxTxHxWxC, keys_B)
 
@@ -498,7 +507,7 @@ class KanervaMethod(Method):
             tracker.advance()
         per_episode = {t: np.mean(v, axis=0).astype(np.float64) for t, v in terms_R.items()}
 
-        read_errors, query_errors = self._over_episodes(
+        read_errors, query_errors, pixel_errors = self._over_episodes(
             self._reading_errors, first_x, state.params, jax.random.fold_in(base_key, 3000)
         )
         tracker.advance()
@@ -525,6 +534,12 @@ class KanervaMethod(Method):
                 k: [_stderr(v[:, i]) for i in range(v.shape[1])] for k, v in errors.items()
             },
             corrupted_query_error={k: float(np.mean(v)) for k, v in query_errors.items()},
+            # The fraction of pixels the reads' most probable binary images get wrong (binary
+            # data): what a denoiser must bring below the corrupted query's and the blank image's.
+            iterative_reading_pixel_error={
+                k: [float(e) for e in np.mean(np.asarray(v, np.float64), axis=0)]
+                for k, v in pixel_errors.items()
+            },
             # The same measure for the constant background image (black; colour: mid-grey), which
             # knows nothing of the query: reads that drift towards a faint generic shape can beat
             # a corrupted query without denoising it, and this says whether they beat a blank.
@@ -600,6 +615,11 @@ class KanervaMethod(Method):
         )
         if "blank_image_error" in report:
             reading += f"; a blank image {report['blank_image_error']:.3f}"
+        if report.get("iterative_reading_pixel_error"):
+            reading += "; pixels wrong in the reads' binary images: " + "; ".join(
+                f"{kind} " + " ".join(f"{e:.3f}" for e in errors)
+                for kind, errors in report["iterative_reading_pixel_error"].items()
+            )
         bits = "" if self.binary else f" ({report['nll_bound_bits_per_dim']:.3f} bits/dim)"
         return (
             f"{report['model']}: bound {report['nll_bound_nats_per_image']:.2f}"

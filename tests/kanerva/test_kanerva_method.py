@@ -99,6 +99,14 @@ def test_a_quick_eval_reports_the_bound_its_terms_and_the_reading_errors(variant
     x = method._episodes_for(heldout, 0)[: report["num_episodes"]]
     scale = 0.5 if variant == "cifar10_smoke" else 1.0
     assert report["blank_image_error"] == pytest.approx(scale * np.mean(np.abs(x)), rel=1e-6)
+    pixel_errors = report["iterative_reading_pixel_error"]
+    if variant == "cifar10_smoke":
+        assert pixel_errors == {}
+    else:
+        assert set(pixel_errors) == {"noise", "occlusion"}
+        assert all(
+            len(v) == k + 1 and all(0.0 <= e <= 1.0 for e in v) for v in pixel_errors.values()
+        )
     assert report["nll_bound_nats_per_episode"] == pytest.approx(
         report["episode_length"] * report["nll_bound_nats_per_image"]
     )
