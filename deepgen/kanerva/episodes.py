@@ -47,9 +47,11 @@ def _binarise(intensities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _images_by_class(
-    labels_N: np.ndarray, *, episode_length: int, classes_per_episode: int
+    labels_N: np.ndarray | None, *, episode_length: int, classes_per_episode: int
 ) -> list[np.ndarray]:
     """The image indices of every class with at least T / n images (n = classes_per_episode)."""
+    if labels_N is None:
+        raise ValueError("classes_per_episode > 0 needs labels_N")
     T, n = int(episode_length), int(classes_per_episode)
     if T % n:
         raise ValueError(f"classes_per_episode={n} must divide episode_length={T}")
@@ -108,8 +110,6 @@ def training_episodes(
         )
     members = None
     if classes_per_episode:
-        if labels_N is None:
-            raise ValueError("classes_per_episode > 0 needs labels_N")
         members = _images_by_class(
             labels_N, episode_length=T, classes_per_episode=classes_per_episode
         )
@@ -149,8 +149,6 @@ def heldout_order(
     T = int(episode_length)
     rng = np.random.default_rng([int(seed), HELDOUT_ORDER_STREAM])
     if classes_per_episode:
-        if labels_N is None:
-            raise ValueError("classes_per_episode > 0 needs labels_N")
         n = int(classes_per_episode)
         members = _images_by_class(labels_N, episode_length=T, classes_per_episode=n)
         chunks = [rng.permutation(m)[: len(m) // (T // n) * (T // n)] for m in members]

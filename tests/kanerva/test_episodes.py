@@ -21,13 +21,14 @@ def decode(x_BxTxHxWx1: np.ndarray) -> np.ndarray:
     return np.sum(bits << np.arange(SIDE * SIDE), axis=-1)
 
 
-def iterator(B: int, T: int, rows: slice | None = None, images=None):
+def iterator(B: int, T: int, rows: slice | None = None, images=None, **classes):
     return episodes.training_episodes(
         indexed_images() if images is None else images,
         episode_length=T,
         episodes_per_batch=B,
         seed=3,
         process_rows=slice(0, B) if rows is None else rows,
+        **classes,
     )
 
 
@@ -109,15 +110,7 @@ LABELS[-3:] = 10  # classes 9 (2 images) and 10 (3 images) are too small for 4 i
 
 
 def class_iterator(B: int, T: int, n: int, rows: slice | None = None):
-    return episodes.training_episodes(
-        indexed_images(),
-        episode_length=T,
-        episodes_per_batch=B,
-        seed=3,
-        process_rows=slice(0, B) if rows is None else rows,
-        labels_N=LABELS,
-        classes_per_episode=n,
-    )
+    return iterator(B, T, rows, labels_N=LABELS, classes_per_episode=n)
 
 
 def test_class_episodes_hold_t_over_n_distinct_images_of_each_of_n_classes_and_resume():
