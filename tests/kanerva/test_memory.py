@@ -133,6 +133,37 @@ def test_matrix_normal_kl_equals_the_dense_kl_and_a_monte_carlo_estimate(float64
     assert standard_error < 0.05 * kl  # the check has power
 
 
+def test_the_bounds_memory_terms_are_the_episodes_joint_gaussian_code_length(float64):
+    """KL(q(M) || p(M)) - sum_t E_q(M) log N(z_t; w_t^T M, s^2 I) = -log p(Z | W) for q = p(M|W, Z).
+
+    The exact write makes the bound tight: what the memory saves is what a joint Gaussian model
+    of the episode's codes saves over coding them one by one. With codes independent across the
+    episode (random images) the best such model is the product of marginals: nothing to store.
+    """
+    K, C, T, noise = 5, 4, 7, 0.3
+    R0, U0, W, Z = random_problem(6, k=K, c=C, t=T)
+    prior = as_memory(R0, U0)
+    W, Z = jnp.asarray(W), jnp.asarray(Z)
+
+    def code_length(q: mem.MemoryDistribution) -> jax.Array:
+        # E_q(M) log N(z; w^T M, s^2 I) = log N(z; w^T R, s^2 I) - C w^T U w / (2 s^2), per read.
+        read_mean, read_var = mem.read(q, W, noise_variance=0.0)
+        expected_log_lik = jnp.sum(
+            -0.5 * jnp.sum(jnp.square(Z - read_mean), axis=-1) / noise
+            - 0.5 * C * jnp.log(2 * jnp.pi * noise)
+            - 0.5 * C * read_var / noise
+        )
+        return mem.matrix_normal_kl(q, prior) - expected_log_lik
+
+    post = mem.write_batch(prior, W, Z, noise_variance=noise)
+    log_p = mem.log_marginal_likelihood(prior, W, Z, noise_variance=noise)
+    np.testing.assert_allclose(code_length(post), -log_p, rtol=1e-12)
+    # Any other memory distribution codes the episode longer: the bound is tight only there.
+    moved = mem.MemoryDistribution(R_KxC=post.R_KxC + 0.1, U_KxK=post.U_KxK)
+    assert code_length(moved) > -log_p + 1e-3
+    assert code_length(mem.MemoryDistribution(post.R_KxC, 1.5 * post.U_KxK)) > -log_p + 1e-3
+
+
 def test_reading_back_a_written_code_returns_it_and_shrinks_the_variance():
     """float32: T <= K random addresses, small noise: the posterior read is the written code."""
     K, C, T, noise = 16, 8, 4, 1e-4
