@@ -58,6 +58,9 @@ def _base(kind: str) -> ConfigDict:
     config.model.decoder_channels = (64, 32)  # [ours]
     config.model.normalize_addresses = False  # whether and how A is normalised: unverified
     config.model.num_memory_samples = 1  # M ~ q(M|X) per episode in the training bound [recalled]
+    # [ours] KL_y's weight in the training loss rises linearly to 1 over these steps (0: the plain
+    # bound); against q(y|x) collapsing to the prior (deepgen/kanerva/model.py key_kl_weight).
+    config.model.key_kl_warmup_steps = 0
     # [ours] sigma_xi^2 at initialisation. After 200 steps of mnist_cpu (training bound per image):
     # 1.0 gave 203.3, 0.1 gave 197.9 with a reconstruction term 5 nats better than the VAE's (the
     # VAE: 189.9); with 1.0 the first writes barely move the memory and q(z) barely reads it.

@@ -171,7 +171,10 @@ class KanervaMethod(Method):
             "sample.num_samples",
         )
         check.non_negative(
-            "model.num_memory_samples", "eval.num_memory_samples", "data.classes_per_episode"
+            "model.num_memory_samples",
+            "model.key_kl_warmup_steps",
+            "eval.num_memory_samples",
+            "data.classes_per_episode",
         )
         classes = config.data.get("classes_per_episode", 0)
         check(
@@ -286,13 +289,21 @@ class KanervaMethod(Method):
     ) -> tuple[KanervaState, dict]:
         """One step on the negative episode ELBO (nats per episode, averaged over episodes)."""
         rng = jax.random.fold_in(rng, state.step)  # the loop passes one key; each step draws anew
-        loss_fn = lambda p: km.episode_elbo(
-            p,
-            model=self.model,
-            x_BxTxHxWxC=batch["x"],
-            rng=rng,
-            num_memory_samples=int(self.config.model.num_memory_samples),
-        )
+        key_kl_weight = km.key_kl_weight(state.step, int(self.config.model.key_kl_warmup_steps))
+
+        def loss_fn(params):
+            loss, aux = km.episode_elbo(
+                params,
+                model=self.model,
+                x_BxTxHxWxC=batch["x"],
+                rng=rng,
+                num_memory_samples=int(self.config.model.num_memory_samples),
+            )
+            weighted = km.training_loss(
+                loss, aux, key_kl_weight=key_kl_weight, T=self.episode_length
+            )
+            return weighted, aux
+
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_state = state.replace(
@@ -301,6 +312,8 @@ class KanervaMethod(Method):
             opt_state=opt_state,
         )
         metrics = {"loss": loss, **aux, "grad_norm": optax.tree_utils.tree_norm(grads)}
+        if self.use_memory and int(self.config.model.key_kl_warmup_steps) > 0:
+            metrics["key_kl_weight"] = key_kl_weight
         return new_state, metrics
 
     def describe(self) -> list[str]:

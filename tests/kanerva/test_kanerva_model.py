@@ -255,3 +255,19 @@ def test_noise_flips_about_the_requested_fraction_of_pixels():
     changed = np.asarray(out != x)
     np.testing.assert_array_equal(np.asarray(out)[changed], 1.0 - np.asarray(x)[changed])
     assert abs(changed.mean() - 0.1) < 0.015
+
+
+def test_the_key_kl_warmup_weighs_only_kl_y_and_reaches_the_bound():
+    """Weight (step + 1) / N, 1 from step N - 1 on (and always at N = 0); only KL_y is scaled."""
+    weights = [float(km.key_kl_weight(jnp.asarray(s, jnp.int32), 4)) for s in range(6)]
+    assert weights == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert float(km.key_kl_weight(jnp.asarray(7, jnp.int32), 0)) == 1.0
+    (loss, metrics), _ = elbo_and_grad(True)(
+        initial(True)[1], x_BxTxHxWxC=episodes(), rng=jax.random.key(3)
+    )
+    parts = metrics["reconstruction"] + metrics["kl_z"] + metrics["kl_memory"]
+    weighted = km.training_loss(loss, metrics, key_kl_weight=jnp.asarray(0.25), T=T)
+    np.testing.assert_allclose(weighted, T * (parts + 0.25 * metrics["kl_y"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        km.training_loss(loss, metrics, key_kl_weight=jnp.asarray(1.0), T=T), loss, rtol=1e-6
+    )
