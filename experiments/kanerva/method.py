@@ -37,6 +37,11 @@ episodes are fixed, and the repeats redraw only the model's samples):
   towards blank lowers the error without denoising). Binary data also get
   `iterative_reading_pixel_error`: the fraction of pixels that each read's most probable binary
   image gets wrong, against the query's flipped fraction and the ink fraction (the blank image's).
+* Kanerva Machine only, whether reading is addressed by content: `address_cosine_between_images`,
+  the mean cosine between the read addresses w = b(mean of q(y|x))^T A of an episode's different
+  images (near 1: every image is read at one address, as when q(y|x) has collapsed to the prior),
+  and `address_retrieval`: the fraction of noisy queries (eval.noise) whose address is nearest, by
+  cosine, to their own image's among the episode's T, against chance 1/T.
 * The baseline: the independent per-pixel Bernoulli fit to the training images (colour: an
   independent 256-way histogram per sub-pixel), on the same held-out images. The VAE's `nll_bound_nats_per_image` (a run of a vae_* variant) is the
   comparison the paper makes.
@@ -491,6 +496,35 @@ class KanervaMethod(Method):
 
         return jax.vmap(one)(x_BxTxHxWxC, keys_B)
 
+    def _address_agreement(self, params: Any, x_BxTxHxWxC: jax.Array, keys_B: jax.Array) -> tuple:
+        """(B mean cosines between the addresses of an episode's different images, B fractions of
+        noisy queries whose address is nearest, by cosine, to their own image's of the T written).
+
+        Addresses as iterative reading takes them: w = b(mean of q(y|x))^T A. Cosines near 1 say
+        every image is read at one address; retrieval at chance (1/T) says a query's address does
+        not point at its image, whatever the memory holds.
+        """
+        apply = functools.partial(self.model.apply, params)
+
+        def addresses(x_NxHxWxC):
+            features = apply(x_NxHxWxC, method=km.KanervaMachine.encode)
+            mean_y = apply(features, method=km.KanervaMachine.posterior_y)[0]
+            w_NxK = apply(mean_y, method=km.KanervaMachine.address)
+            return w_NxK / jnp.maximum(jnp.linalg.norm(w_NxK, axis=-1, keepdims=True), 1e-12)
+
+        def one(x_TxHxWxC, episode_key):
+            query = km.corrupt(
+                episode_key, x_TxHxWxC, kind="noise", amount=float(self.config.eval.noise)
+            )
+            written_TxK, queried_TxK = addresses(x_TxHxWxC), addresses(query)
+            T = written_TxK.shape[0]
+            cosine_TxT = written_TxK @ written_TxK.T
+            between = (jnp.sum(cosine_TxT) - jnp.trace(cosine_TxT)) / (T * (T - 1))
+            nearest_T = jnp.argmax(queried_TxK @ written_TxK.T, axis=-1)
+            return between, jnp.mean(nearest_T == jnp.arange(T))
+
+        return jax.vmap(one)(x_BxTxHxWxC, keys_B)
+
     def evaluate(self, state: KanervaState, *, step: int, quick: bool, progress: Any) -> dict:
         """The episode bound, its terms and the iterative reading errors (module docstring).
 
@@ -526,6 +560,15 @@ class KanervaMethod(Method):
         tracker.advance()
 
         report: dict[str, Any] = {}
+        if self.use_memory:
+            cosine_E, retrieval_E = self._over_episodes(
+                self._address_agreement, first_x, state.params, jax.random.fold_in(base_key, 4000)
+            )
+            report["address_cosine_between_images"] = float(np.mean(cosine_E))
+            report["address_retrieval"] = {
+                "noisy_query_nearest_to_its_image": float(np.mean(retrieval_E)),
+                "chance": 1.0 / T,
+            }
         for term in TERMS:
             values = per_episode[term]
             report[f"{term}_nats_per_image"] = float(values.mean())
