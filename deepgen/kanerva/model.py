@@ -323,7 +323,9 @@ def key_kl_weight(step: jax.Array, warmup_steps: int) -> jax.Array:
     few-class Omniglot episodes (KL_y 0.9 nats per image by step 250): every image is then
     written and read at an address that does not depend on it, which the training bound does not
     punish (an image is read at the address it was written at) but iterative reading does (a query
-    reads the one address b(0)^T A, whatever it shows).
+    reads the one address b(0)^T A, whatever it shows). Measured on 4-class Omniglot episodes
+    (benchmarks/RESULTS.md): a 500-step warm-up delays the collapse but does not prevent it once
+    the weight is 1 (KL_y 0.31 at step 1,000); the bound does not pay for content addressing here.
     """
     if warmup_steps <= 0:
         return jnp.ones((), jnp.float32)
