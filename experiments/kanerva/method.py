@@ -560,7 +560,7 @@ class KanervaMethod(Method):
         tracker.advance()
 
         report: dict[str, Any] = {}
-        if self.use_memory:
+        if self.use_memory and T > 1:  # pairs of different images need two
             cosine_E, retrieval_E = self._over_episodes(
                 self._address_agreement, first_x, state.params, jax.random.fold_in(base_key, 4000)
             )
