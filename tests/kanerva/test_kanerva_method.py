@@ -134,18 +134,15 @@ def test_a_quick_eval_reports_the_bound_its_terms_and_the_reading_errors(variant
         retrieval = report["address_retrieval"]
         assert 0.0 <= retrieval["noisy_query_nearest_to_its_image"] <= 1.0
         assert retrieval["chance"] == pytest.approx(1.0 / report["episode_length"])
-
-
-def test_an_episode_of_one_repeated_image_has_one_address_and_retrieval_at_chance():
-    """Identical images: every pairwise cosine is 1, and every query's nearest written address is
-    the first of T tied ones, so only query 0 finds its own: exactly 1 / T."""
-    method, state, _ = built("smoke")
-    batch = next(method.batches())["x"][:2]
-    repeated = np.repeat(batch[:, :1], batch.shape[1], axis=1)
-    keys = jax.random.split(jax.random.key(0), len(repeated))
-    cosine, retrieval = jax.jit(method._address_agreement)(state.params, repeated, keys)
-    np.testing.assert_allclose(cosine, 1.0, rtol=1e-5)
-    np.testing.assert_allclose(retrieval, 1.0 / batch.shape[1])
+        # Episodes of one repeated image (the eval's shapes, so its compiled program): every
+        # pairwise cosine is 1, and each query's nearest written address is the first of T tied
+        # ones, so only query 0 finds its own: exactly 1 / T.
+        repeated = np.repeat(x[:, :1], x.shape[1], axis=1)
+        cosine, found = method._over_episodes(
+            method._address_agreement, repeated, state.params, jax.random.key(0)
+        )
+        np.testing.assert_allclose(cosine, 1.0, rtol=1e-5)
+        np.testing.assert_allclose(found, 1.0 / x.shape[1])
 
 
 def test_colour_samples_are_written_as_rgb_pngs(tmp_path):
